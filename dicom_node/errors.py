@@ -1,0 +1,34 @@
+"""Exception hierarchy of the node.
+
+The *class* of an exception decides what happens to the work that raised it:
+a :class:`RetryableError` is retried with exponential backoff until the
+maximum number of attempts, a :class:`PermanentError` fails the job at once.
+"""
+
+
+class NodeError(Exception):
+    """Root of every error raised on purpose by the node."""
+
+
+class ConfigError(NodeError):
+    """The configuration file or an environment override is invalid."""
+
+
+class RetryableError(NodeError):
+    """A transient failure (peer down, timeout, database busy): try again later."""
+
+
+class PermanentError(NodeError):
+    """A failure that retrying cannot fix (corrupt pixel data, unsupported image)."""
+
+
+class StorageError(RetryableError):
+    """The spool or the database could not persist a received instance."""
+
+
+class DispatchError(RetryableError):
+    """A destination did not store what was sent to it."""
+
+
+class ModelError(PermanentError):
+    """The ONNX model is missing, unreadable or does not follow the node's convention."""

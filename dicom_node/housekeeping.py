@@ -1,0 +1,113 @@
+"""Housekeeping: retention of received and derived files, orphan clean-up.
+
+Only finished work is purged: an instance whose job is still queued, running
+or sending is kept whatever its age.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+
+from sqlalchemy import delete, select
+
+from dicom_node.db import DerivedInstance, Dispatch, DispatchAttempt, Instance, Job, Series, Study, utcnow
+from dicom_node.jobs import FINAL_STATES
+from dicom_node.logs import log_event
+from dicom_node.runtime import Runtime
+from dicom_node.spool import PARTIAL_SUFFIX, remove_quietly
+
+logger = logging.getLogger(__name__)
+
+ORPHAN_AGE = dt.timedelta(hours=1)
+
+
+def purge_expired(runtime: Runtime, now: dt.datetime | None = None) -> int:
+    """Delete instances older than ``storage.retention_days`` with finished jobs.
+
+    Their spool files, jobs, dispatches, attempts and derived files go with
+    them. ``retention_days = 0`` keeps everything. Returns the number of
+    received instances purged.
+    """
+    days = runtime.config.storage.retention_days
+    if days <= 0:
+        return 0
+    cutoff = (now or utcnow()) - dt.timedelta(days=days)
+    files: list[Path] = []
+    with runtime.session() as session, session.begin():
+        candidates = session.scalars(
+            select(Instance).where(Instance.received_at < cutoff).limit(1000)
+        ).all()
+        purged = 0
+        for instance in candidates:
+            jobs = session.scalars(select(Job).where(Job.instance_id == instance.id)).all()
+            if any(job.state not in FINAL_STATES for job in jobs):
+                continue
+            for job in jobs:
+                dispatch_ids = select(Dispatch.id).where(Dispatch.job_id == job.id)
+                session.execute(
+                    delete(DispatchAttempt).where(DispatchAttempt.dispatch_id.in_(dispatch_ids))
+                )
+                session.execute(delete(Dispatch).where(Dispatch.job_id == job.id))
+                for derived in session.scalars(
+                    select(DerivedInstance).where(DerivedInstance.job_id == job.id)
+                ):
+                    files.append(Path(derived.path))
+                session.execute(delete(DerivedInstance).where(DerivedInstance.job_id == job.id))
+                session.delete(job)
+            files.append(Path(instance.path))
+            session.delete(instance)
+            purged += 1
+        session.flush()
+        for series in session.scalars(select(Series).where(~Series.instances.any())):
+            session.delete(series)
+        session.flush()
+        for study in session.scalars(select(Study).where(~Study.series.any())):
+            session.delete(study)
+    for path in files:
+        remove_quietly(path)
+    if purged:
+        log_event(logger, "retention.purged", instances=purged, files=len(files))
+    return purged
+
+
+def remove_orphans(runtime: Runtime, min_age: dt.timedelta = ORPHAN_AGE) -> int:
+    """Delete spool files that no database row refers to (left by a crash).
+
+    A file is an orphan when it is older than `min_age` and neither a received
+    nor a derived instance points at it; ``.partial`` files of that age are
+    removed too. Returns the number of files removed.
+    """
+    spool = runtime.config.storage.spool_dir
+    if not spool.exists():
+        return 0
+    with runtime.session() as session:
+        known = set(session.scalars(select(Instance.path)).all())
+        known.update(session.scalars(select(DerivedInstance.path)).all())
+    limit = time.time() - min_age.total_seconds()
+    removed = 0
+    for path in spool.rglob("*"):
+        if not path.is_file():
+            continue
+        try:
+            if path.stat().st_mtime > limit:
+                continue
+        except FileNotFoundError:
+            continue
+        if path.name.endswith(PARTIAL_SUFFIX) or str(path) not in known:
+            remove_quietly(path)
+            removed += 1
+    if removed:
+        log_event(logger, "spool.orphans_removed", files=removed)
+    return removed
+
+
+def run_housekeeping(runtime: Runtime) -> None:
+    """Retention then orphan clean-up; errors are logged, never raised."""
+    try:
+        purge_expired(runtime)
+        remove_orphans(runtime)
+    except Exception:  # noqa: BLE001 - housekeeping must not stop the node
+        logger.exception("housekeeping failed")

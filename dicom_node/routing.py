@@ -1,0 +1,71 @@
+"""Routing: which rule, hence which action and destinations, an instance gets.
+
+Rules are tried in configuration order; the first that matches wins. An
+instance no rule matches is kept for the retention period and not processed.
+An instance this node produced is never processed again (loop prevention),
+whatever the rules say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicom_node.config import Config, Rule
+from dicom_node.dataset_info import InstanceInfo
+
+
+@dataclass(frozen=True)
+class Route:
+    """The outcome of routing one instance."""
+
+    action: str
+    rule: str | None
+    destinations: tuple[str, ...]
+    reason: str
+
+
+def rule_matches(rule: Rule, info: InstanceInfo, calling_aet: str) -> bool:
+    """Return whether every condition of `rule` holds for the instance."""
+    if rule.modality and info.modality not in rule.modality:
+        return False
+    if rule.sop_class_uid and info.sop_class_uid not in rule.sop_class_uid:
+        return False
+    if rule.body_part_examined and info.body_part_examined not in rule.body_part_examined:
+        return False
+    if rule.view_position and info.view_position not in rule.view_position:
+        return False
+    if rule.calling_aet and calling_aet.strip() not in rule.calling_aet:
+        return False
+    pattern = rule.series_description_pattern
+    return not (pattern is not None and not pattern.search(info.series_description))
+
+
+def route(config: Config, info: InstanceInfo, calling_aet: str) -> Route:
+    """Decide what to do with a received instance.
+
+    Parameters
+    ----------
+    config : Config
+        The node's configuration (rules and destinations).
+    info : InstanceInfo
+        The instance's identifying attributes.
+    calling_aet : str
+        AE title of the peer that sent it.
+
+    Returns
+    -------
+    Route
+        Action ``enhance``, ``forward`` or ``ignore``, the matching rule and
+        the destination names (all destinations when the rule names none).
+    """
+    if info.produced_by_node:
+        return Route(
+            "ignore", None, (), "produced by this node (ContributingEquipmentSequence)"
+        )
+    for rule in config.rules:
+        if rule_matches(rule, info, calling_aet):
+            if rule.action == "ignore":
+                return Route("ignore", rule.name, (), f"rule {rule.name!r} says ignore")
+            names = rule.destinations or tuple(d.name for d in config.destinations)
+            return Route(rule.action, rule.name, names, f"matched rule {rule.name!r}")
+    return Route("ignore", None, (), "no rule matches")

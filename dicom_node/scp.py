@@ -1,0 +1,252 @@
+"""The listening side: C-STORE and C-ECHO SCP (pynetdicom).
+
+Handlers are thin: the C-STORE handler parses the received bytes just enough
+to check and route them, hands them to :func:`~dicom_node.ingest.ingest`
+and maps every failure class to its own DIMSE status. Association policy
+(allowed calling AE titles, called AE title, maximum associations) is
+pynetdicom's, which answers with the proper A-ASSOCIATE-RJ reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+from dicom_node.dataset_info import NonConformantError, UndecodableError, inspect_encoded
+from dicom_node.errors import StorageError
+from dicom_node.ingest import ingest
+from dicom_node.logs import log_event
+from dicom_node.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_PROCESSING_FAILURE = 0xC211
+
+ACCEPTED_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+
+def set_nodelay(event: Any) -> None:
+    """Disable Nagle's algorithm on the association's socket (≈ 40 ms per C-STORE)."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class StorageSCP:
+    """The node's application entity as an association acceptor.
+
+    Parameters
+    ----------
+    runtime : Runtime
+        The process runtime; its configuration's ``[node]`` section sets the
+        AE title, address, allowed callers and limits.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        settings = runtime.config.node
+        ae = AE(ae_title=settings.ae_title)
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(settings.allowed_calling_aets)
+        ae.maximum_associations = settings.max_associations
+        ae.acse_timeout = settings.acse_timeout
+        ae.dimse_timeout = settings.dimse_timeout
+        ae.network_timeout = settings.network_timeout
+        ae.maximum_pdu_size = 0
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.ae = ae
+        self._server: ThreadedAssociationServer | None = None
+        self._stats: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually listened on (useful when configured as 0)."""
+        if self._server is None:
+            raise RuntimeError("The SCP is not started.")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Start listening in background threads."""
+        settings = self.runtime.config.node
+        handlers = [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_closed, ["released"]),
+            (evt.EVT_ABORTED, self._on_closed, ["aborted"]),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = self.ae.start_server(
+            (settings.host, settings.port), block=False, evt_handlers=handlers
+        )
+        log_event(
+            logger,
+            "scp.listening",
+            ae_title=settings.ae_title,
+            host=settings.host,
+            port=self.port,
+            allowed_calling_aets=",".join(settings.allowed_calling_aets) or "*",
+            max_associations=settings.max_associations,
+        )
+
+    def stop(self) -> None:
+        """Stop accepting associations and close the open ones."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+            log_event(logger, "scp.stopped")
+
+    # ------------------------------------------------------------------ association events
+
+    def _on_accepted(self, event: Any) -> None:
+        assoc = event.assoc
+        with self._lock:
+            self._stats[id(assoc)] = {"start": time.perf_counter(), "stored": 0, "failed": 0}
+        log_event(
+            logger,
+            "association.accepted",
+            calling_aet=assoc.requestor.ae_title,
+            called_aet=assoc.acceptor.ae_title,
+            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+            contexts=len(assoc.accepted_contexts),
+        )
+
+    def _on_rejected(self, event: Any) -> None:
+        assoc = event.assoc
+        log_event(
+            logger,
+            "association.rejected",
+            level=logging.WARNING,
+            calling_aet=assoc.requestor.ae_title,
+            called_aet=assoc.requestor.primitive.called_ae_title
+            if assoc.requestor.primitive is not None
+            else None,
+            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        )
+
+    def _on_closed(self, event: Any, how: str) -> None:
+        assoc = event.assoc
+        with self._lock:
+            stats = self._stats.pop(id(assoc), None)
+        if stats is None:
+            return
+        log_event(
+            logger,
+            f"association.{how}",
+            calling_aet=assoc.requestor.ae_title,
+            stored=stats["stored"],
+            failed=stats["failed"],
+            duration_ms=(time.perf_counter() - stats["start"]) * 1000,
+        )
+
+    def _count(self, event: Any, key: str) -> None:
+        with self._lock:
+            stats = self._stats.get(id(event.assoc))
+            if stats is not None:
+                stats[key] += 1
+
+    # ------------------------------------------------------------------ DIMSE handlers
+
+    def _on_echo(self, event: Any) -> int:
+        log_event(logger, "echo.received", calling_aet=event.assoc.requestor.ae_title)
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: Any) -> int:
+        status = self.handle_store(event)
+        self._count(event, "stored" if status == STATUS_SUCCESS else "failed")
+        return status
+
+    def handle_store(self, event: Any) -> int:
+        """Persist one C-STORE request and return its DIMSE status.
+
+        0x0000 only once the instance is on disk and recorded; 0xC210 when
+        the dataset cannot be decoded; 0xA900 when identifying attributes are
+        missing or disagree with the request; 0xA700 when the spool or the
+        database cannot persist it; 0xC211 for anything unexpected.
+        """
+        calling_aet = event.assoc.requestor.ae_title
+        requested_uid = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            info, _ds = inspect_encoded(data)
+        except UndecodableError as exc:
+            return self._refuse(STATUS_CANNOT_UNDERSTAND, requested_uid, calling_aet, str(exc))
+        except NonConformantError as exc:
+            return self._refuse(STATUS_DATASET_MISMATCH, requested_uid, calling_aet, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a peer must get a status, never a crash
+            return self._refuse(STATUS_CANNOT_UNDERSTAND, requested_uid, calling_aet, str(exc))
+        if requested_uid and info.sop_instance_uid != requested_uid:
+            return self._refuse(
+                STATUS_DATASET_MISMATCH,
+                requested_uid,
+                calling_aet,
+                f"The dataset's SOP Instance UID {info.sop_instance_uid} differs from the "
+                "request's Affected SOP Instance UID.",
+            )
+        try:
+            ingest(self.runtime, data, info, calling_aet)
+        except StorageError as exc:
+            return self._refuse(STATUS_OUT_OF_RESOURCES, requested_uid, calling_aet, str(exc))
+        except Exception as exc:  # noqa: BLE001
+            logger.exception("unexpected error while storing %s", requested_uid)
+            return self._refuse(STATUS_PROCESSING_FAILURE, requested_uid, calling_aet, str(exc))
+        return STATUS_SUCCESS
+
+    def _refuse(self, status: int, sop_instance_uid: str, calling_aet: str, reason: str) -> int:
+        log_event(
+            logger,
+            "instance.refused",
+            level=logging.WARNING,
+            status=f"0x{status:04X}",
+            sop_instance_uid=sop_instance_uid,
+            calling_aet=calling_aet,
+            reason=reason,
+        )
+        return status

@@ -1,0 +1,239 @@
+"""The sending side: C-ECHO and batched C-STORE SCU (pynetdicom).
+
+:func:`send_batch` opens **one** association for a batch of files to one
+destination and checks every response. An empty response (timeout, abort)
+is a failure, never a success.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom_node.config import Destination
+from dicom_node.scp import set_nodelay
+
+logger = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128
+SUCCESS_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
+"""Success, and the three warnings that still mean "stored"."""
+
+
+@dataclass(frozen=True)
+class SendItem:
+    """One file to send."""
+
+    key: int
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """Outcome of one C-STORE."""
+
+    key: int
+    ok: bool
+    status: int | None
+    error: str | None
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    """Outcome of one C-ECHO."""
+
+    ok: bool
+    status: int | None
+    rtt_ms: float
+    error: str | None
+
+
+def _make_ae(calling_aet: str, timeout: float) -> AE:
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    return ae
+
+
+def echo(
+    calling_aet: str, ae_title: str, host: str, port: int, timeout: float = 10.0
+) -> EchoResult:
+    """Send a C-ECHO and time the round trip.
+
+    Returns
+    -------
+    EchoResult
+        ``ok`` is true only for a 0x0000 response; `error` says why otherwise.
+    """
+    ae = _make_ae(calling_aet, timeout)
+    ae.add_requested_context(Verification)
+    start = time.perf_counter()
+    assoc = ae.associate(
+        host, port, ae_title=ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
+    )
+    if not assoc.is_established:
+        rtt = (time.perf_counter() - start) * 1000
+        return EchoResult(False, None, rtt, _association_failure(assoc))
+    try:
+        status = assoc.send_c_echo()
+        rtt = (time.perf_counter() - start) * 1000
+        code = int(status.Status) if "Status" in status else None
+        if code is None:
+            return EchoResult(False, None, rtt, "no response (timeout or abort)")
+        return EchoResult(code == 0, code, rtt, None if code == 0 else f"status 0x{code:04X}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _association_failure(assoc: Any) -> str:
+    if assoc.is_rejected:
+        rj = assoc.acceptor.primitive
+        if rj is not None:
+            return (
+                f"association rejected (result {rj.result_str}, source {rj.source_str}, "
+                f"reason {rj.reason_str})"
+            )
+        return "association rejected"
+    if assoc.is_aborted:
+        return "association aborted"
+    return "connection failed or timed out"
+
+
+def _contexts_for(items: Sequence[SendItem]) -> list[Any]:
+    by_class: dict[str, list[str]] = {}
+    for item in items:
+        syntaxes = by_class.setdefault(item.sop_class_uid, [])
+        for ts in (item.transfer_syntax_uid, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if ts not in syntaxes:
+                syntaxes.append(ts)
+    contexts = []
+    for sop_class, syntaxes in by_class.items():
+        contexts.append(build_context(sop_class, syntaxes))
+    return contexts
+
+
+def split_for_contexts(items: Sequence[SendItem]) -> list[list[SendItem]]:
+    """Split `items` so no batch needs more than the 128 presentation contexts allowed."""
+    batches: list[list[SendItem]] = []
+    current: list[SendItem] = []
+    classes: set[str] = set()
+    for item in items:
+        if item.sop_class_uid not in classes and len(classes) == MAX_CONTEXTS:
+            batches.append(current)
+            current, classes = [], set()
+        current.append(item)
+        classes.add(item.sop_class_uid)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _accepted_syntax(assoc: Any, sop_class_uid: str, wanted: str) -> str | None:
+    syntaxes = [
+        cx.transfer_syntax[0]
+        for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == sop_class_uid
+    ]
+    if wanted in syntaxes:
+        return wanted
+    for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        if ts in syntaxes:
+            return str(ts)
+    return None
+
+
+def send_batch(
+    calling_aet: str,
+    destination: Destination,
+    items: Sequence[SendItem],
+    timeout: float = 30.0,
+) -> list[SendResult]:
+    """C-STORE `items` to `destination` over one association.
+
+    Parameters
+    ----------
+    calling_aet : str
+        The node's own AE title.
+    destination : Destination
+        The peer.
+    items : Sequence[SendItem]
+        Files to send; at most 128 distinct SOP classes
+        (see :func:`split_for_contexts`).
+    timeout : float, optional
+        ACSE, DIMSE and network timeout in seconds.
+
+    Returns
+    -------
+    list[SendResult]
+        One result per item, in order. A compressed file is decompressed when
+        the peer accepts its SOP class only uncompressed.
+    """
+    if not items:
+        return []
+    ae = _make_ae(calling_aet, timeout)
+    ae.requested_contexts = _contexts_for(items)
+    start = time.perf_counter()
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+    )
+    if not assoc.is_established:
+        reason = _association_failure(assoc)
+        elapsed = (time.perf_counter() - start) * 1000
+        return [SendResult(item.key, False, None, reason, elapsed) for item in items]
+    results: list[SendResult] = []
+    try:
+        for item in items:
+            results.append(_send_one(assoc, item))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results
+
+
+def _send_one(assoc: Any, item: SendItem) -> SendResult:
+    start = time.perf_counter()
+
+    def result(ok: bool, status: int | None, error: str | None) -> SendResult:
+        return SendResult(item.key, ok, status, error, (time.perf_counter() - start) * 1000)
+
+    if not assoc.is_established:
+        return result(False, None, "association lost before sending")
+    syntax = _accepted_syntax(assoc, item.sop_class_uid, item.transfer_syntax_uid)
+    if syntax is None:
+        return result(False, None, f"the peer accepted no context for {item.sop_class_uid}")
+    try:
+        ds = pydicom.dcmread(item.path)
+        if syntax != item.transfer_syntax_uid and UID(item.transfer_syntax_uid).is_compressed:
+            ds.decompress()
+    except Exception as exc:  # noqa: BLE001 - an unreadable file fails this item only
+        return result(False, None, f"cannot read {item.path}: {exc}")
+    try:
+        response = assoc.send_c_store(ds)
+    except Exception as exc:  # noqa: BLE001
+        return result(False, None, f"send failed: {exc}")
+    if "Status" not in response:
+        return result(False, None, "no response (timeout or abort)")
+    status = int(response.Status)
+    if status in SUCCESS_STATUSES:
+        return result(True, status, None)
+    comment = str(response.get("ErrorComment", "")).strip()
+    return result(False, status, f"status 0x{status:04X}" + (f": {comment}" if comment else ""))

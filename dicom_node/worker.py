@@ -1,0 +1,106 @@
+"""Running jobs: claim, process by action, record the outcome.
+
+``forward`` sends the received file unchanged; ``enhance`` runs the
+generator and sends the derived series (:mod:`dicom_node.enhance_job`).
+The class of an exception decides the outcome (see :mod:`dicom_node.errors`);
+an unexpected exception fails the job with its message, and the node keeps
+serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from dicom_node.errors import PermanentError, RetryableError
+from dicom_node.jobs import ClaimedJob, Output, claim_job, complete_processing, fail_job
+from dicom_node.logs import log_event
+from dicom_node.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProcessResult:
+    """What a processor produced."""
+
+    outputs: list[Output]
+    timings: dict[str, float] = field(default_factory=dict)
+    audit: Callable[[Session], None] | None = None
+
+
+Processor = Callable[[Runtime, ClaimedJob], ProcessResult]
+
+
+def forward(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
+    """Send the received instance unchanged."""
+    return ProcessResult(
+        outputs=[
+            Output(
+                path=job.path,
+                sop_class_uid=job.sop_class_uid,
+                sop_instance_uid=job.sop_instance_uid,
+                transfer_syntax_uid=job.transfer_syntax_uid,
+            )
+        ]
+    )
+
+
+def enhance(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
+    """Run the generator and build the derived instance (loaded on first use)."""
+    from dicom_node.enhance_job import enhance_job
+
+    return enhance_job(runtime, job)
+
+
+PROCESSORS: dict[str, Processor] = {"forward": forward, "enhance": enhance}
+
+
+def process_one(runtime: Runtime) -> bool:
+    """Claim and run one due job. Returns ``False`` when the queue had none."""
+    job = claim_job(runtime)
+    if job is None:
+        return False
+    start = time.perf_counter()
+    log_event(
+        logger,
+        "job.started",
+        job_id=job.id,
+        action=job.action,
+        attempt=job.attempts,
+        sop_instance_uid=job.sop_instance_uid,
+    )
+    try:
+        processor = PROCESSORS.get(job.action)
+        if processor is None:
+            raise PermanentError(f"Unknown action {job.action!r}.")
+        result = processor(runtime, job)
+    except RetryableError as exc:
+        fail_job(runtime, job, str(exc), retryable=True)
+        return True
+    except PermanentError as exc:
+        fail_job(runtime, job, str(exc), retryable=False)
+        return True
+    except Exception as exc:  # noqa: BLE001 - bad input must never stop the node
+        logger.exception("job %s raised an unexpected error", job.id)
+        fail_job(runtime, job, f"unexpected error: {exc.__class__.__name__}: {exc}", False)
+        return True
+    timings: dict[str, Any] = dict(result.timings)
+    timings.setdefault("process", (time.perf_counter() - start) * 1000)
+    complete_processing(runtime, job, result.outputs, timings, result.audit)
+    return True
+
+
+def drain(runtime: Runtime, limit: int | None = None) -> int:
+    """Process due jobs until none is left (or `limit` reached, or stopping)."""
+    count = 0
+    while not runtime.stopping.is_set() and (limit is None or count < limit):
+        if not process_one(runtime):
+            break
+        count += 1
+    return count
