@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except NodeError as exc:
             raise ConfigError(f"model: {exc}") from exc
         log_event(logger, "model.loaded", **enhancer.describe())
+        import dicom_node.enhance_job  # noqa: F401 - import now, not during the first job
     service = NodeService(runtime)
     stop = threading.Event()
 

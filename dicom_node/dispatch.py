@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
-from dicom_node.db import Dispatch, DispatchAttempt, utcnow
+from dicom_node.db import DerivedInstance, Dispatch, DispatchAttempt, utcnow
 from dicom_node.jobs import backoff_delay, settle_job
 from dicom_node.logs import log_event
 from dicom_node.runtime import Runtime
@@ -72,6 +73,15 @@ def claim_batch(runtime: Runtime, destination: str, limit: int) -> list[SendItem
     return items
 
 
+def _record_send_time(session: Session, sop_instance_uid: str, destination: str, ms: float) -> None:
+    """Add the send time to the audit row of a derived instance (if it is one)."""
+    derived = session.scalar(
+        select(DerivedInstance).where(DerivedInstance.sop_instance_uid == sop_instance_uid)
+    )
+    if derived is not None:
+        derived.timings = {**(derived.timings or {}), f"send_{destination}": ms}
+
+
 def record_results(runtime: Runtime, destination: str, results: list[SendResult]) -> None:
     """Store the attempts, move each dispatch on, and settle the jobs they belong to."""
     settings = runtime.config.jobs
@@ -106,6 +116,7 @@ def record_results(runtime: Runtime, destination: str, results: list[SendResult]
                 row.state = "sent"
                 row.sent_at = now
                 row.last_error = None
+                _record_send_time(session, row.sop_instance_uid, destination, result.duration_ms)
             else:
                 row.last_error = result.error
                 if row.attempts >= settings.max_attempts:

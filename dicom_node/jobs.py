@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.config import JobSettings
 from dicom_node.db import Dispatch, Instance, Job, Worker, utcnow
-from dicom_node.logs import log_event
+from dicom_node.logs import log_event, ms_fields
 from dicom_node.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class ClaimedJob:
     transfer_syntax_uid: str
     destinations: tuple[str, ...]
     created_at: dt.datetime
+    claimed_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ def claim_job(runtime: Runtime) -> ClaimedJob | None:
                 transfer_syntax_uid=instance.transfer_syntax_uid,
                 destinations=tuple(job.destinations or ()),
                 created_at=job.created_at,
+                claimed_at=now,
             )
     return None
 
@@ -248,7 +250,7 @@ def complete_processing(
         outputs=len(outputs),
         destinations=",".join(job.destinations) or None,
         state=new_state,
-        **{f"{k}_ms": v for k, v in (timings or {}).items()},
+        **ms_fields(timings or {}),
     )
     if new_state == SENDING:
         runtime.notify_new_dispatch()

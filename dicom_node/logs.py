@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 _FIELDS = "event_fields"
@@ -36,6 +37,11 @@ def log_event(
     if logger.isEnabledFor(level):
         clean = {k: v for k, v in fields.items() if v is not None}
         logger.log(level, event, extra={_FIELDS: clean})
+
+
+def ms_fields(timings: Mapping[str, float]) -> dict[str, Any]:
+    """Log fields ``<stage>_ms`` from a mapping of stage timings in milliseconds."""
+    return {f"{stage}_ms": value for stage, value in timings.items()}
 
 
 def _render(value: object) -> str:
@@ -97,4 +103,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # apscheduler warns at every tick skipped because the previous run is still busy.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

@@ -107,7 +107,9 @@ def check_grayscale(ds: Dataset) -> None:
         raise PixelDataError("Only single-sample (grayscale) images are enhanced.")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
-        raise PixelDataError(f"The image has {frames} frames; only single-frame images are enhanced.")
+        raise PixelDataError(
+            f"The image has {frames} frames; only single-frame images are enhanced."
+        )
     bits = int(ds.get("BitsStored", 0) or 0)
     if not 1 <= bits <= 16:
         raise PixelDataError(f"Bits Stored {bits} is not supported; expected 1 to 16.")
@@ -135,7 +137,7 @@ def normalize_dataset(ds: Dataset) -> NormalizedImage:
     check_grayscale(ds)
     try:
         stored = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+    except Exception as exc:
         raise PixelDataError(f"The pixel data cannot be decoded: {exc}") from exc
     rows, cols = int(ds.Rows), int(ds.Columns)
     if stored.shape != (rows, cols):
@@ -145,7 +147,7 @@ def normalize_dataset(ds: Dataset) -> NormalizedImage:
     try:
         values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
         low, high = _modality_range(ds)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PixelDataError(f"The Modality LUT cannot be applied: {exc}") from exc
     if not math.isfinite(low) or not math.isfinite(high) or high <= low:
         raise PixelDataError(f"The Modality LUT gives an empty value range [{low}, {high}].")
@@ -231,7 +233,7 @@ def read_any(path: Path) -> NormalizedImage:
         return read_image_file(path)[0]
     try:
         ds = pydicom.dcmread(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PixelDataError(f"{path.name}: not a readable DICOM file: {exc}") from exc
     return normalize_dataset(ds)
 

@@ -1,0 +1,248 @@
+"""The derived Secondary Capture: labels, provenance, UIDs, display, and dciodvfy."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_factory import DX_PRESENTATION, RG1, xray
+from pydicom.dataset import Dataset
+
+from dicom_node import PRODUCT_NAME, __version__
+from dicom_node.config import OutputSettings
+from dicom_node.dataset_info import produced_by_node
+from dicom_node.derive import build_derived, derived_uids
+from dicom_node.model_meta import ModelMetadata
+from dicom_node.pixels import normalize_dataset
+
+MODEL = ModelMetadata(
+    name="cxr-pix2pix",
+    version="2.1.0",
+    size_multiple=256,
+    sha256="ab" * 32,
+    path=Path("/models/cxr.onnx"),
+)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Lines of dciodvfy's output that report an error (it exits 0 either way)."""
+    result = subprocess.run(
+        ["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, timeout=60
+    )
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]
+
+
+def derive(source: Dataset, model: ModelMetadata = MODEL, **output: object) -> Dataset:
+    image = normalize_dataset(source)
+    enhanced = np.clip(image.pixels * 0.9 + 0.05, 0, 1)
+    settings = replace(OutputSettings(), **output)  # type: ignore[arg-type]
+    return build_derived(source, image, enhanced, model, settings)
+
+
+def write_read(ds: Dataset, path: Path) -> Dataset:
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+@pytest.fixture(scope="module")
+def rg1() -> Dataset:
+    return pydicom.dcmread(RG1)
+
+
+@pytest.fixture(scope="module")
+def rg1_derived(rg1: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    return write_read(derive(rg1), tmp_path_factory.mktemp("d") / "rg1.dcm")
+
+
+def test_object_type_and_pixels(rg1: Dataset, rg1_derived: Dataset) -> None:
+    d = rg1_derived
+    assert d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert d.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert d.PhotometricInterpretation == "MONOCHROME2"
+    assert (d.BitsAllocated, d.BitsStored, d.HighBit, d.PixelRepresentation) == (16, 16, 15, 0)
+    assert (d.Rows, d.Columns) == (rg1.Rows, rg1.Columns)
+    assert d.pixel_array.dtype == np.uint16
+    # Full 16-bit output, not 8 bits in disguise.
+    assert len(np.unique(d.pixel_array)) > 1000
+
+
+def test_patient_and_study_are_the_sources(rg1: Dataset, rg1_derived: Dataset) -> None:
+    d = rg1_derived
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "AccessionNumber",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "StudyDescription",
+        "BodyPartExamined",
+        "Modality",
+    ):
+        assert d.get(keyword) == rg1.get(keyword), keyword
+    assert d.SeriesInstanceUID != rg1.SeriesInstanceUID
+    assert d.SOPInstanceUID != rg1.SOPInstanceUID
+    assert d.SeriesNumber == int(rg1.SeriesNumber) + 1000
+    assert d.InstanceNumber == rg1.InstanceNumber
+    assert list(d.PatientOrientation) == ["L", "F"]
+
+
+def test_labelled_as_ai_derived(rg1_derived: Dataset) -> None:
+    d = rg1_derived
+    assert d.SeriesDescription == "CHEST ENHANCED (AI)"
+    assert list(d.ImageType) == ["DERIVED", "SECONDARY"]
+    assert "AI-ENHANCED DERIVED IMAGE" in d.ImageComments
+    assert "NOT FOR PRIMARY DIAGNOSIS" in d.ImageComments
+    assert "cxr-pix2pix 2.1.0" in d.ImageComments
+    assert d.DerivationDescription == (
+        "AI enhancement (pix2pix generator) by model cxr-pix2pix version 2.1.0, "
+        f"ONNX SHA-256 {'ab' * 8}"
+    )
+    assert d.BurnedInAnnotation == "NO"
+    # RG1 went through lossy JPEG 2000 once: the derived image must say so too.
+    assert d.LossyImageCompression == "01"
+
+
+def test_references_the_source(rg1: Dataset, rg1_derived: Dataset) -> None:
+    (source_ref,) = rg1_derived.SourceImageSequence
+    assert source_ref.ReferencedSOPClassUID == rg1.SOPClassUID
+    assert source_ref.ReferencedSOPInstanceUID == rg1.SOPInstanceUID
+    (purpose,) = source_ref.PurposeOfReferenceCodeSequence
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning) == (
+        "121322",
+        "DCM",
+        "Source image for image processing operation",
+    )
+    (series_ref,) = rg1_derived.ReferencedSeriesSequence
+    assert series_ref.SeriesInstanceUID == rg1.SeriesInstanceUID
+    (instance_ref,) = series_ref.ReferencedInstanceSequence
+    assert instance_ref.ReferencedSOPInstanceUID == rg1.SOPInstanceUID
+
+
+def test_contributing_equipment_names_the_node_and_model(rg1_derived: Dataset) -> None:
+    items = [
+        item
+        for item in rg1_derived.ContributingEquipmentSequence
+        if item.Manufacturer == PRODUCT_NAME
+    ]
+    assert len(items) == 1
+    (ours,) = items
+    assert ours.ManufacturerModelName == "cxr-pix2pix"
+    assert list(ours.SoftwareVersions) == [f"{PRODUCT_NAME} {__version__}", "cxr-pix2pix 2.1.0"]
+    (purpose,) = ours.PurposeOfReferenceCodeSequence
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("109102", "DCM")
+    assert purpose.CodeMeaning == "Processing Equipment"
+    assert len(str(ours.ContributionDateTime)) >= 14
+    assert produced_by_node(rg1_derived)
+
+
+def test_source_lut_and_invalid_spacing_are_not_copied(rg1_derived: Dataset) -> None:
+    for keyword in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence", "VOILUTSequence"):
+        assert keyword not in rg1_derived
+    # RG1's Pixel Spacing is 0\0: invalid, so not carried over.
+    assert "PixelSpacing" not in rg1_derived
+
+
+def test_window_maps_the_sources_window(rg1_derived: Dataset) -> None:
+    # RG1: WC 15000 / WW 30000 on a 15-bit MONOCHROME1 scale -> [0, 30000] inverted.
+    lo, hi = 1 - 30000 / 32767, 1.0
+    assert float(rg1_derived.WindowCenter) == pytest.approx((lo + hi) / 2 * 65535, abs=1)
+    assert float(rg1_derived.WindowWidth) == pytest.approx((hi - lo) * 65535, abs=1)
+
+
+def test_window_without_source_window_uses_the_image(tmp_path: Path) -> None:
+    source = xray(bits=12)
+    d = derive(source)
+    assert d.WindowCenterWidthExplanation == "PERCENTILES 0.5-99.5"
+    values = d.pixel_array
+    assert values.min() <= float(d.WindowCenter) <= values.max()
+    assert 0 < float(d.WindowWidth) <= 65535
+
+
+def test_uids_are_deterministic(rg1: Dataset) -> None:
+    first, second = derive(rg1), derive(rg1)
+    assert first.SOPInstanceUID == second.SOPInstanceUID
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID
+    other_model = derive(rg1, replace(MODEL, sha256="cd" * 32))
+    assert other_model.SOPInstanceUID != first.SOPInstanceUID
+    assert other_model.SeriesInstanceUID != first.SeriesInstanceUID
+
+
+def test_one_derived_series_per_source_series() -> None:
+    a = xray(SeriesInstanceUID="1.2.3.4", InstanceNumber=1)
+    b = xray(SeriesInstanceUID="1.2.3.4", InstanceNumber=2)
+    ua, ub = derived_uids(a, MODEL.sha256), derived_uids(b, MODEL.sha256)
+    assert ua.series_instance_uid == ub.series_instance_uid
+    assert ua.sop_instance_uid != ub.sop_instance_uid
+    assert derive(b).InstanceNumber == 2
+
+
+def test_series_number_and_description_settings() -> None:
+    source = xray(SeriesDescription="PA ERECT", SeriesNumber=7)
+    d = derive(source, series_number_offset=500, series_description="AI: {source}")
+    assert d.SeriesNumber == 507
+    assert d.SeriesDescription == "AI: PA ERECT"
+    long = derive(xray(SeriesDescription="X" * 64))
+    assert len(long.SeriesDescription) <= 64
+    assert long.SeriesDescription.endswith(" ENHANCED (AI)")
+
+
+def test_valid_spacing_is_carried_into_the_attribute_the_sc_iod_allows() -> None:
+    dx = derive(xray(sop_class_uid=DX_PRESENTATION, modality="DX", bits=14))
+    assert [float(v) for v in dx.NominalScannedPixelSpacing] == [0.148, 0.148]
+    assert "PixelSpacing" not in dx
+    valid = derive(xray(PixelSpacing=[0.2, 0.21]))
+    assert [float(v) for v in valid.PixelSpacing] == [0.2, 0.21]
+    assert "NominalScannedPixelSpacing" not in valid
+
+
+def test_shape_mismatch_is_refused(rg1: Dataset) -> None:
+    image = normalize_dataset(rg1)
+    with pytest.raises(ValueError, match="shape"):
+        build_derived(rg1, image, image.pixels[:-1], MODEL, OutputSettings())
+
+
+def test_round_trip_through_bytes(rg1_derived: Dataset) -> None:
+    buffer = io.BytesIO()
+    rg1_derived.save_as(buffer, enforce_file_format=True)
+    again = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    np.testing.assert_array_equal(again.pixel_array, rg1_derived.pixel_array)
+    assert again.SOPInstanceUID == rg1_derived.SOPInstanceUID
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "rg1",
+        "dx-14bit-spacing",
+        "cr-8bit-no-orientation",
+        "cr-odd-size",
+        "no-body-part",
+        "mono1-12bit-window",
+    ],
+)
+def test_dciodvfy_reports_no_errors(label: str, rg1: Dataset, tmp_path: Path) -> None:
+    sources = {
+        "rg1": lambda: rg1,
+        "dx-14bit-spacing": lambda: xray(sop_class_uid=DX_PRESENTATION, modality="DX", bits=14),
+        "cr-8bit-no-orientation": lambda: xray(
+            bits=8, PatientOrientation=None, SeriesDescription=None
+        ),
+        "cr-odd-size": lambda: xray(rows=3, cols=5, bits=10),
+        "no-body-part": lambda: xray(body_part=None, Laterality=None),
+        "mono1-12bit-window": lambda: xray(
+            bits=12, photometric="MONOCHROME1", WindowCenter=2000, WindowWidth=3000
+        ),
+    }
+    path = tmp_path / f"{label}.dcm"
+    derive(sources[label]()).save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
