@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node import __version__
-from dicom_node.config import Config, load_config
+from dicom_node.config import DEFAULT_CONFIG_PATH, Config, load_config
 from dicom_node.errors import ConfigError, NodeError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -32,6 +33,16 @@ class CommandError(NodeError):
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(Path(args.config) if args.config else None)
+
+
+def _load_or_defaults(args: argparse.Namespace) -> Config:
+    """The configuration, or the built-in defaults when no file was named and none exists."""
+    try:
+        return _load(args)
+    except ConfigError:
+        if args.config or os.environ.get("DICOM_NODE_CONFIG") or DEFAULT_CONFIG_PATH.exists():
+            raise
+        return Config()
 
 
 def _runtime(config: Config) -> Any:
@@ -208,7 +219,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
     from dicom_node.inference import get_enhancer
 
-    config = _load(args)
+    config = _load_or_defaults(args)
     settings = config.model
     if args.model:
         settings = replace(settings, path=Path(args.model))
@@ -229,12 +240,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     from dicom_node.offline import enhance_files
 
-    try:
-        config = _load(args)
-    except ConfigError:
-        if args.config:
-            raise
-        config = Config()
+    config = _load_or_defaults(args)
     if args.model:
         config = replace(config, model=replace(config.model, path=Path(args.model)))
     failures = enhance_files(config, [Path(p) for p in args.inputs], Path(args.output))

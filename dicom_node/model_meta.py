@@ -104,6 +104,7 @@ class ModelMetadata:
             "sha256": self.sha256,
             "path": str(self.path),
             "size_multiple": self.size_multiple,
+            "pixel_convention": CONVENTION,
         }
         for key, value in sorted(self.extra.items()):
             try:

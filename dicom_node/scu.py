@@ -115,30 +115,45 @@ def _association_failure(assoc: Any) -> str:
     return "connection failed or timed out"
 
 
+UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
+
+
+def _context_keys(item: SendItem) -> list[tuple[str, tuple[str, ...]]]:
+    """The presentation contexts `item` needs: its own syntax, and uncompressed as fallback.
+
+    An acceptor picks ONE transfer syntax per context (often an uncompressed
+    one), so a compressed syntax proposed in the same context as the
+    uncompressed ones is usually refused and the file would be decompressed.
+    Each other syntax therefore gets a context of its own.
+    """
+    keys = []
+    if item.transfer_syntax_uid not in UNCOMPRESSED:
+        keys.append((item.sop_class_uid, (item.transfer_syntax_uid,)))
+    keys.append((item.sop_class_uid, UNCOMPRESSED))
+    return keys
+
+
 def _contexts_for(items: Sequence[SendItem]) -> list[Any]:
-    by_class: dict[str, list[str]] = {}
+    keys: dict[tuple[str, tuple[str, ...]], None] = {}
     for item in items:
-        syntaxes = by_class.setdefault(item.sop_class_uid, [])
-        for ts in (item.transfer_syntax_uid, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if ts not in syntaxes:
-                syntaxes.append(ts)
-    contexts = []
-    for sop_class, syntaxes in by_class.items():
-        contexts.append(build_context(sop_class, syntaxes))
-    return contexts
+        for key in _context_keys(item):
+            keys[key] = None
+    return [build_context(sop_class, list(syntaxes)) for sop_class, syntaxes in keys]
 
 
 def split_for_contexts(items: Sequence[SendItem]) -> list[list[SendItem]]:
     """Split `items` so no batch needs more than the 128 presentation contexts allowed."""
     batches: list[list[SendItem]] = []
     current: list[SendItem] = []
-    classes: set[str] = set()
+    keys: set[tuple[str, tuple[str, ...]]] = set()
     for item in items:
-        if item.sop_class_uid not in classes and len(classes) == MAX_CONTEXTS:
+        needed = set(_context_keys(item)) - keys
+        if current and len(keys) + len(needed) > MAX_CONTEXTS:
             batches.append(current)
-            current, classes = [], set()
+            current, keys = [], set()
+            needed = set(_context_keys(item))
         current.append(item)
-        classes.add(item.sop_class_uid)
+        keys |= needed
     if current:
         batches.append(current)
     return batches
@@ -152,9 +167,9 @@ def _accepted_syntax(assoc: Any, sop_class_uid: str, wanted: str) -> str | None:
     ]
     if wanted in syntaxes:
         return wanted
-    for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+    for ts in UNCOMPRESSED:
         if ts in syntaxes:
-            return str(ts)
+            return ts
     return None
 
 
@@ -222,8 +237,12 @@ def _send_one(assoc: Any, item: SendItem) -> SendResult:
         return result(False, None, f"the peer accepted no context for {item.sop_class_uid}")
     try:
         ds = pydicom.dcmread(item.path)
-        if syntax != item.transfer_syntax_uid and UID(item.transfer_syntax_uid).is_compressed:
-            ds.decompress()
+        if syntax != item.transfer_syntax_uid:
+            if UID(item.transfer_syntax_uid).is_compressed:
+                ds.decompress()
+            elif UID(item.transfer_syntax_uid).is_deflated:
+                # Inflated on reading: pynetdicom re-encodes it in the accepted syntax.
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     except Exception as exc:  # noqa: BLE001 - an unreadable file fails this item only
         return result(False, None, f"cannot read {item.path}: {exc}")
     try:

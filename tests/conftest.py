@@ -34,8 +34,6 @@ from typing import Any
 import pydicom
 import pydicom.config
 import pytest
-from pydicom.dataset import Dataset
-
 from helpers.dicom_files import (
     SampleFile,
     jpeg_lossless_copy,
@@ -43,7 +41,16 @@ from helpers.dicom_files import (
     small_template,
     write_copies,
 )
-from helpers.peers import LOOPBACK, NodeProcess, Orthanc, free_port, storescu
+from helpers.peers import (
+    LOOPBACK,
+    NodeProcess,
+    Orthanc,
+    free_port,
+    mount_tmpfs,
+    storescu,
+    unmount,
+)
+from pydicom.dataset import Dataset
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -129,14 +136,35 @@ def send() -> Callable[..., Any]:
 
 
 @pytest.fixture
+def tmpfs() -> Iterator[Callable[[Path, int], Path]]:
+    """Factory: ``tmpfs(path, size_kib)`` mounts a small tmpfs on `path` (needs root).
+
+    Unmounted at teardown. Request this fixture BEFORE the ones whose processes
+    use the mount (fixtures are torn down in reverse order), so that they are
+    stopped first.
+    """
+    mounted: list[Path] = []
+
+    def mount(path: Path, size_kib: int) -> Path:
+        mount_tmpfs(path, size_kib)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        unmount(path)
+
+
+@pytest.fixture
 def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
-    """Factory of started Orthanc servers; all are killed at teardown."""
+    """Factory of Orthanc servers (started unless ``start=False``); all killed at teardown."""
     started: list[Orthanc] = []
 
-    def make(ae_title: str = "TESTPACS") -> Orthanc:
+    def make(ae_title: str = "TESTPACS", start: bool = True) -> Orthanc:
         server = Orthanc(tmp_path / f"orthanc-{len(started)}", ae_title=ae_title)
         started.append(server)
-        server.start()
+        if start:
+            server.start()
         return server
 
     yield make

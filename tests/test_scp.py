@@ -20,9 +20,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.uid import JPEG2000Lossless, generate_uid
-
 from helpers.dicom_files import (
     RG1_PATIENT_ID,
     RG1_PATIENT_NAME,
@@ -43,6 +40,8 @@ from helpers.peers import (
     storescu,
 )
 from helpers.scu import associate, rejection_of, store
+from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless, generate_uid
 
 pytestmark = pytest.mark.network
 
@@ -145,7 +144,7 @@ def _convert(sample: SampleFile, target: Path, how: str, small_dataset: Dataset)
     }
     if how == "jpeg2000":
         ds = pydicom.dcmread(sample.path)
-        ds.compress(JPEG2000Lossless)
+        ds.compress(JPEG2000Lossless, generate_instance_uid=False)
         ds.save_as(target, enforce_file_format=True)
         return
     source = sample.path

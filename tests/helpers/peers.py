@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -167,6 +168,35 @@ def echoscu(
     )
 
 
+def mount_tmpfs(path: Path, size_kib: int) -> None:
+    """Mount a tmpfs of `size_kib` KiB on `path` (root needed; failure fails the test)."""
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0755", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"cannot mount a tmpfs on {path} (root needed): {result.stderr}")
+
+
+def remount_tmpfs(path: Path, size_kib: int) -> None:
+    """Resize a tmpfs mounted by :func:`mount_tmpfs` (its files are kept)."""
+    subprocess.run(
+        ["mount", "-o", f"remount,size={size_kib}k", str(path)], check=True, capture_output=True
+    )
+
+
+def unmount(path: Path) -> None:
+    """Unmount `path`, retrying while busy for a few seconds, then lazily."""
+    for _ in range(20):
+        if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode == 0:
+            return
+        time.sleep(0.25)
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
 # --------------------------------------------------------------------------- TOML
 
 
@@ -271,7 +301,7 @@ class Orthanc:
                 return
             # It exited: most likely a port was taken meanwhile. Pick others, unless
             # the storage already has instances (an outage test needs the same ports).
-            if attempt == 2 or self.storage.exists() and any(self.storage.iterdir()):
+            if attempt == 2 or (self.storage.exists() and any(self.storage.iterdir())):
                 break
             self.dicom_port, self.http_port = free_port(), free_port()
         raise AssertionError(f"Orthanc exited at start-up:\n{self.log_tail()}")
@@ -531,7 +561,10 @@ class NodeProcess:
         """The ``key=value`` fields of every log line for `event` (all runs)."""
         found = []
         for line in self.log_text.splitlines():
-            parts = line.split(" ")
+            try:
+                parts = shlex.split(line)  # values with spaces are JSON-quoted
+            except ValueError:
+                continue
             if len(parts) >= 4 and parts[3] == event:
                 fields = {}
                 for part in parts[4:]:
