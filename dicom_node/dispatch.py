@@ -167,6 +167,30 @@ def release_batch(runtime: Runtime, items: list[SendItem], retry_after: int) -> 
         )
 
 
+def hold_destination(runtime: Runtime, destination: str, retry_after: int) -> None:
+    """Make every pending dispatch of a failing destination wait for the same retry.
+
+    Dispatch `retry_after` just failed along with its whole batch: the
+    destination is down. Pending dispatches of that destination due earlier
+    than its retry wait until then too (none is moved earlier), so that when
+    the destination comes back the backlog goes out in one association per
+    batch instead of one per file as their separate backoffs expire.
+    """
+    with runtime.session() as session, session.begin():
+        failed = session.get(Dispatch, retry_after)
+        if failed is None or failed.state != "pending":
+            return
+        session.execute(
+            update(Dispatch)
+            .where(
+                Dispatch.destination == destination,
+                Dispatch.state == "pending",
+                Dispatch.next_attempt_at < failed.next_attempt_at,
+            )
+            .values(next_attempt_at=failed.next_attempt_at)
+        )
+
+
 def _dead_letter_unknown(runtime: Runtime, destination: str) -> None:
     with runtime.session() as session, session.begin():
         rows = session.scalars(
@@ -199,17 +223,17 @@ def dispatch_due(runtime: Runtime) -> int:
             break
         try:
             destination = config.destination(name)
-        except Exception:  # noqa: BLE001 - ConfigError: the destination was removed
+        except ConfigError:  # the destination was removed from the configuration
             _dead_letter_unknown(runtime, name)
             continue
-        destination_down = False
-        while not runtime.stopping.is_set() and not destination_down:
+        down_after: int | None = None  # a dispatch of the batch that found it down
+        while not runtime.stopping.is_set() and down_after is None:
             items = claim_batch(runtime, name, destination.max_batch)
             if not items:
                 break
             for batch in split_for_contexts(items):
-                if destination_down:
-                    release_batch(runtime, batch, retry_after=results[0].key)
+                if down_after is not None:
+                    release_batch(runtime, batch, retry_after=down_after)
                     continue
                 start = time.perf_counter()
                 results = send_batch(
@@ -229,5 +253,7 @@ def dispatch_due(runtime: Runtime) -> int:
                 )
                 # Nothing stored: the destination is down. Stop for now; the backoff
                 # decides when to come back.
-                destination_down = sent == 0
+                if sent == 0:
+                    down_after = results[0].key
+                    hold_destination(runtime, name, down_after)
     return attempted
