@@ -170,3 +170,38 @@ def test_destination_lookup() -> None:
     assert cfg.destination("pacs") == Destination("pacs", "PACS", "127.0.0.1", 104)
     with pytest.raises(ConfigError, match="no destination named 'nope'"):
         cfg.destination("nope")
+
+
+def test_config_check_explains_which_rule_matches(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from dicom_factory import RG1, ct, save
+
+    ct_path = save(ct(), tmp_path / "ct.dcm")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicom_node.cli",
+            "config",
+            "check",
+            "--config",
+            "config/node.example.toml",
+            "--explain",
+            str(RG1),
+            "--explain",
+            str(ct_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        f"{RG1}: action enhance, rule chest-xray (matched rule 'chest-xray'); destinations: pacs"
+        in lines
+    )
+    assert f"{ct_path}: action ignore, rule - (no rule matches); destinations: none" in lines
