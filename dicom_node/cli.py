@@ -51,7 +51,9 @@ def _runtime(config: Config) -> Any:
     try:
         return Runtime.create(config)
     except Exception as exc:  # sqlalchemy errors: unreachable database, bad URL
-        raise CommandError(f"Cannot open the database: {exc}") from exc
+        # The driver's message without SQLAlchemy's SQL and links, on one line.
+        cause = getattr(exc, "orig", None) or exc
+        raise CommandError(f"Cannot open the database: {' '.join(str(cause).split())}") from exc
 
 
 # --------------------------------------------------------------------------- serve
@@ -130,8 +132,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
         print(f"C-ECHO {target}: success (status 0x0000), round trip {result.rtt_ms:.1f} ms")
         return EXIT_OK
     print(
-        f"dicom-node: error: C-ECHO {target} failed: {result.error} "
-        f"(after {result.rtt_ms:.1f} ms)",
+        f"dicom-node: error: C-ECHO {target} failed: {result.error} (after {result.rtt_ms:.1f} ms)",
         file=sys.stderr,
     )
     return EXIT_FAILURE
@@ -280,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_p = sub.add_parser("jobs", help="inspect and retry jobs")
     jobs_sub = jobs_p.add_subparsers(dest="jobs_command", required=True)
     jl = jobs_sub.add_parser("list", parents=[common], help="list recent jobs")
-    jl.add_argument("--state", help="only jobs in this state")
+    jl.add_argument(
+        "--state",
+        choices=("queued", "running", "sending", "done", "failed", "dead_lettered"),
+        help="only jobs in this state",
+    )
     jl.add_argument("--limit", type=int, default=50)
     jl.add_argument("--json", action="store_true")
     js = jobs_sub.add_parser("show", parents=[common], help="show one job")

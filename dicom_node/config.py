@@ -264,7 +264,7 @@ def _str(value: object, key: str, allow_empty: bool = True) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key}: {value!r} is not a string.")
     if not allow_empty and not value.strip():
-        raise ConfigError(f"{key}: the value must not be empty.")
+        raise ConfigError(f"{key}: {value!r} is empty; a value is required.")
     return value
 
 
@@ -572,9 +572,23 @@ def _parse_jobs(raw: Mapping[str, Any]) -> JobSettings:
 
 _SECTIONS = ("node", "storage", "jobs", "model", "output", "logging")
 _LIST_KEYS = {("node", "allowed_calling_aets")}
+_STRING_KEYS = {
+    ("node", "ae_title"),
+    ("node", "host"),
+    ("storage", "data_dir"),
+    ("storage", "database_url"),
+    ("model", "path"),
+    ("model", "provider"),
+    ("output", "series_description"),
+    ("logging", "level"),
+    ("logging", "format"),
+}
 
 
-def _env_value(text: str, list_key: bool) -> object:
+def _env_value(text: str, list_key: bool, string_key: bool) -> object:
+    if string_key:
+        # Taken as written: an AE title "1234" or a host "true" stays a string.
+        return text
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -588,7 +602,8 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
 
     Values are read as TOML literals when they parse as one (``11113``,
     ``true``, ``["A", "B"]``), otherwise as plain strings; a list key also
-    accepts a comma-separated string.
+    accepts a comma-separated string, and a string key (AE title, host,
+    paths, URL) always takes the text as written.
 
     Raises
     ------
@@ -609,16 +624,14 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
         table = merged.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] must be a table.")
-        table[key] = _env_value(text, (section, key) in _LIST_KEYS)
+        table[key] = _env_value(text, (section, key) in _LIST_KEYS, (section, key) in _STRING_KEYS)
     return merged
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def parse_config(
-    raw: Mapping[str, Any], base_dir: Path, source: Path | None = None
-) -> Config:
+def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = None) -> Config:
     """Validate a configuration mapping (already TOML-decoded) into a :class:`Config`.
 
     Parameters
@@ -687,7 +700,9 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"The configuration file {str(path)!r} is not valid TOML: {exc}.") from exc
+        raise ConfigError(
+            f"The configuration file {str(path)!r} is not valid TOML: {exc}."
+        ) from exc
     parent = path.resolve().parent
     base = parent.parent if parent.name == "config" else parent
     return parse_config(apply_env_overrides(raw, env), base, source=path)

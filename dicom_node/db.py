@@ -8,27 +8,31 @@ queue. All timestamps are naive UTC (:func:`utcnow`).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CursorResult,
     DateTime,
     Engine,
     ForeignKey,
     Index,
     Integer,
+    Result,
     String,
     Text,
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from dicom_node.config import StorageSettings
 
 UID = String(64)
+SCHEMA_LOCK_KEY = 0x44434D4E  # "DCMN": advisory lock held while creating the schema
 
 
 def utcnow() -> dt.datetime:
@@ -120,9 +124,7 @@ class Job(Base):
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     instance: Mapped[Instance] = relationship(back_populates="jobs")
-    dispatches: Mapped[list[Dispatch]] = relationship(
-        back_populates="job", order_by="Dispatch.id"
-    )
+    dispatches: Mapped[list[Dispatch]] = relationship(back_populates="job", order_by="Dispatch.id")
     derived: Mapped[list[DerivedInstance]] = relationship(
         back_populates="job", order_by="DerivedInstance.id"
     )
@@ -244,7 +246,12 @@ def make_engine(storage: StorageSettings) -> Engine:
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         _configure_sqlite(engine, storage.sqlite_busy_timeout)
-    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Processes starting together on an empty database would both try to
+            # CREATE TABLE; one would fail. (SQLite's BEGIN IMMEDIATE serializes them.)
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        Base.metadata.create_all(conn)
     return engine
 
 
@@ -262,6 +269,11 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an ``UPDATE`` or ``DELETE`` matched (``Session.execute`` types it as a plain Result)."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Any]:

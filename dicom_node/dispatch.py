@@ -18,7 +18,8 @@ from pathlib import Path
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from dicom_node.db import DerivedInstance, Dispatch, DispatchAttempt, utcnow
+from dicom_node.db import DerivedInstance, Dispatch, DispatchAttempt, rowcount, utcnow
+from dicom_node.errors import ConfigError
 from dicom_node.jobs import backoff_delay, settle_job
 from dicom_node.logs import log_event
 from dicom_node.runtime import Runtime
@@ -55,11 +56,13 @@ def claim_batch(runtime: Runtime, destination: str, limit: int) -> list[SendItem
             .with_for_update(skip_locked=True)
         ).all()
         for row in rows:
-            claimed = session.execute(
-                update(Dispatch)
-                .where(Dispatch.id == row.id, Dispatch.state == "pending")
-                .values(state="sending", owner=runtime.worker_id, lease_until=lease)
-            ).rowcount
+            claimed = rowcount(
+                session.execute(
+                    update(Dispatch)
+                    .where(Dispatch.id == row.id, Dispatch.state == "pending")
+                    .values(state="sending", owner=runtime.worker_id, lease_until=lease)
+                )
+            )
             if claimed == 1:
                 items.append(
                     SendItem(
@@ -231,29 +234,34 @@ def dispatch_due(runtime: Runtime) -> int:
             items = claim_batch(runtime, name, destination.max_batch)
             if not items:
                 break
-            for batch in split_for_contexts(items):
-                if down_after is not None:
-                    release_batch(runtime, batch, retry_after=down_after)
-                    continue
-                start = time.perf_counter()
-                results = send_batch(
-                    config.node.ae_title, destination, batch, timeout=config.node.dimse_timeout
-                )
-                record_results(runtime, name, results)
-                attempted += len(batch)
-                sent = sum(1 for r in results if r.ok)
-                log_event(
-                    logger,
-                    "dispatch.batch",
-                    destination=name,
-                    size=len(batch),
-                    sent=sent,
-                    failed=len(batch) - sent,
-                    ms=(time.perf_counter() - start) * 1000,
-                )
-                # Nothing stored: the destination is down. Stop for now; the backoff
-                # decides when to come back.
-                if sent == 0:
-                    down_after = results[0].key
-                    hold_destination(runtime, name, down_after)
+            keys = {item.key for item in items}
+            runtime.held_dispatches.update(keys)  # the heartbeat extends their leases
+            try:
+                for batch in split_for_contexts(items):
+                    if down_after is not None:
+                        release_batch(runtime, batch, retry_after=down_after)
+                        continue
+                    start = time.perf_counter()
+                    results = send_batch(
+                        config.node.ae_title, destination, batch, timeout=config.node.dimse_timeout
+                    )
+                    record_results(runtime, name, results)
+                    attempted += len(batch)
+                    sent = sum(1 for r in results if r.ok)
+                    log_event(
+                        logger,
+                        "dispatch.batch",
+                        destination=name,
+                        size=len(batch),
+                        sent=sent,
+                        failed=len(batch) - sent,
+                        ms=(time.perf_counter() - start) * 1000,
+                    )
+                    # Nothing stored: the destination is down. Stop for now; the backoff
+                    # decides when to come back.
+                    if sent == 0:
+                        down_after = results[0].key
+                        hold_destination(runtime, name, down_after)
+            finally:
+                runtime.held_dispatches.difference_update(keys)
     return attempted

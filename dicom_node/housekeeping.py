@@ -13,7 +13,16 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
-from dicom_node.db import DerivedInstance, Dispatch, DispatchAttempt, Instance, Job, Series, Study, utcnow
+from dicom_node.db import (
+    DerivedInstance,
+    Dispatch,
+    DispatchAttempt,
+    Instance,
+    Job,
+    Series,
+    Study,
+    utcnow,
+)
 from dicom_node.jobs import FINAL_STATES
 from dicom_node.logs import log_event
 from dicom_node.runtime import Runtime
@@ -109,5 +118,5 @@ def run_housekeeping(runtime: Runtime) -> None:
     try:
         purge_expired(runtime)
         remove_orphans(runtime)
-    except Exception:  # noqa: BLE001 - housekeeping must not stop the node
+    except Exception:
         logger.exception("housekeeping failed")

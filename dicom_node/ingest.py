@@ -42,9 +42,7 @@ class IngestResult:
 
 
 def _get_or_create_study(session: Session, info: InstanceInfo) -> Study:
-    study = session.scalar(
-        select(Study).where(Study.study_instance_uid == info.study_instance_uid)
-    )
+    study = session.scalar(select(Study).where(Study.study_instance_uid == info.study_instance_uid))
     if study is None:
         study = Study(
             study_instance_uid=info.study_instance_uid,

@@ -27,7 +27,7 @@ from sqlalchemy import false, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.config import JobSettings
-from dicom_node.db import Dispatch, Instance, Job, Worker, utcnow
+from dicom_node.db import Dispatch, Instance, Job, Worker, rowcount, utcnow
 from dicom_node.logs import log_event, ms_fields
 from dicom_node.runtime import Runtime
 
@@ -112,17 +112,19 @@ def claim_job(runtime: Runtime) -> ClaimedJob | None:
             if job.attempts >= max_attempts:
                 _finish(session, job.id, QUEUED, None, DEAD, job.error or "attempts exhausted")
                 continue
-            claimed = session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.state == QUEUED)
-                .values(
-                    state=RUNNING,
-                    owner=runtime.worker_id,
-                    lease_until=_lease(runtime),
-                    started_at=now,
-                    attempts=Job.attempts + 1,
+            claimed = rowcount(
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.state == QUEUED)
+                    .values(
+                        state=RUNNING,
+                        owner=runtime.worker_id,
+                        lease_until=_lease(runtime),
+                        started_at=now,
+                        attempts=Job.attempts + 1,
+                    )
                 )
-            ).rowcount
+            )
             if claimed != 1:
                 continue
             instance = session.get(Instance, job.instance_id)
@@ -156,7 +158,7 @@ def _finish(
     values: dict[str, Any] = {"state": state, "error": error, "owner": None, "lease_until": None}
     if state in FINAL_STATES:
         values["finished_at"] = utcnow()
-    return session.execute(update(Job).where(*conditions).values(**values)).rowcount == 1
+    return rowcount(session.execute(update(Job).where(*conditions).values(**values))) == 1
 
 
 def complete_processing(
@@ -204,11 +206,13 @@ def complete_processing(
             values["timings"] = timings
         if new_state == DONE:
             values["finished_at"] = now
-        updated = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.state == RUNNING, Job.owner == runtime.worker_id)
-            .values(**values)
-        ).rowcount
+        updated = rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.state == RUNNING, Job.owner == runtime.worker_id)
+                .values(**values)
+            )
+        )
         if updated != 1:
             log_event(logger, "job.lost", level=logging.WARNING, job_id=job.id)
             session.rollback()
@@ -322,7 +326,9 @@ def settle_job(session: Session, job_id: int) -> str | None:
     Returns the new state, or ``None`` if the job stays as it is.
     """
     rows = session.execute(
-        select(Dispatch.state, func.count()).where(Dispatch.job_id == job_id).group_by(Dispatch.state)
+        select(Dispatch.state, func.count())
+        .where(Dispatch.job_id == job_id)
+        .group_by(Dispatch.state)
     ).all()
     counts = {state: count for state, count in rows}
     if counts.get("pending", 0) or counts.get("sending", 0):
@@ -345,9 +351,17 @@ def settle_job(session: Session, job_id: int) -> str | None:
 
 
 def heartbeat(runtime: Runtime) -> None:
-    """Record that this process is alive and extend the leases of what it holds."""
+    """Record that this process is alive and extend the leases of what it is working on.
+
+    Only the jobs and dispatches in :attr:`Runtime.held_jobs` and
+    :attr:`Runtime.held_dispatches` are extended: a claim whose outcome could
+    not be recorded (the database failed at that moment) is no longer worked
+    on, so its lease runs out and :func:`recover_stale` gives it back.
+    """
     now = utcnow()
     lease = _lease(runtime)
+    held_jobs = runtime.held_jobs.copy()  # set.copy() is atomic; threads add and discard
+    held_dispatches = runtime.held_dispatches.copy()
     with runtime.session() as session, session.begin():
         worker = session.get(Worker, runtime.worker_id)
         if worker is None:
@@ -362,16 +376,26 @@ def heartbeat(runtime: Runtime) -> None:
             )
         else:
             worker.heartbeat_at = now
-        session.execute(
-            update(Job)
-            .where(Job.owner == runtime.worker_id, Job.state == RUNNING)
-            .values(lease_until=lease)
-        )
-        session.execute(
-            update(Dispatch)
-            .where(Dispatch.owner == runtime.worker_id, Dispatch.state == "sending")
-            .values(lease_until=lease)
-        )
+        if held_jobs:
+            session.execute(
+                update(Job)
+                .where(
+                    Job.owner == runtime.worker_id,
+                    Job.state == RUNNING,
+                    Job.id.in_(sorted(held_jobs)),
+                )
+                .values(lease_until=lease)
+            )
+        if held_dispatches:
+            session.execute(
+                update(Dispatch)
+                .where(
+                    Dispatch.owner == runtime.worker_id,
+                    Dispatch.state == "sending",
+                    Dispatch.id.in_(sorted(held_dispatches)),
+                )
+                .values(lease_until=lease)
+            )
 
 
 def unregister(runtime: Runtime) -> None:
@@ -408,9 +432,11 @@ def recover_stale(runtime: Runtime) -> int:
     """Re-queue work left by dead processes; return how many rows were recovered.
 
     Jobs ``running`` and dispatches ``sending`` whose owner is a process of
-    this host that no longer exists, or whose lease has expired, go back to
-    ``queued`` / ``pending``. Each conditional update succeeds at most once,
-    so a job is re-queued exactly once even with several recovering processes.
+    this host that no longer exists, or whose lease has expired (this
+    process's own included: it is not working on them any more, see
+    :func:`heartbeat`), go back to ``queued`` / ``pending``. Each conditional
+    update succeeds at most once, so a job is re-queued exactly once even with
+    several recovering processes.
     """
     now = utcnow()
     recovered = 0
@@ -420,42 +446,44 @@ def recover_stale(runtime: Runtime) -> int:
         stale_jobs = session.scalars(
             select(Job).where(
                 Job.state == RUNNING,
-                or_(Job.owner.is_(None), Job.owner != runtime.worker_id),
                 or_(owner_gone, Job.lease_until < now, Job.owner.is_(None)),
             )
         ).all()
         for job in stale_jobs:
-            recovered += session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.state == RUNNING, Job.owner == job.owner)
-                .values(
-                    state=QUEUED,
-                    owner=None,
-                    lease_until=None,
-                    next_run_at=now,
-                    recoveries=Job.recoveries + 1,
-                    error=f"re-queued: worker {job.owner} stopped while running it",
+            recovered += rowcount(
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.state == RUNNING, Job.owner == job.owner)
+                    .values(
+                        state=QUEUED,
+                        owner=None,
+                        lease_until=None,
+                        next_run_at=now,
+                        recoveries=Job.recoveries + 1,
+                        error=f"re-queued: worker {job.owner} stopped or its lease ran out",
+                    )
                 )
-            ).rowcount
+            )
             log_event(logger, "job.recovered", job_id=job.id, previous_owner=job.owner)
         dispatch_gone = Dispatch.owner.in_(gone) if gone else false()
         stale_dispatches = session.scalars(
             select(Dispatch).where(
                 Dispatch.state == "sending",
-                or_(Dispatch.owner.is_(None), Dispatch.owner != runtime.worker_id),
                 or_(dispatch_gone, Dispatch.lease_until < now, Dispatch.owner.is_(None)),
             )
         ).all()
         for dispatch in stale_dispatches:
-            recovered += session.execute(
-                update(Dispatch)
-                .where(
-                    Dispatch.id == dispatch.id,
-                    Dispatch.state == "sending",
-                    Dispatch.owner == dispatch.owner,
+            recovered += rowcount(
+                session.execute(
+                    update(Dispatch)
+                    .where(
+                        Dispatch.id == dispatch.id,
+                        Dispatch.state == "sending",
+                        Dispatch.owner == dispatch.owner,
+                    )
+                    .values(state="pending", owner=None, lease_until=None, next_attempt_at=now)
                 )
-                .values(state="pending", owner=None, lease_until=None, next_attempt_at=now)
-            ).rowcount
+            )
         for worker_id in gone:
             worker = session.get(Worker, worker_id)
             if worker is not None:

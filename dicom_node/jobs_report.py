@@ -159,7 +159,9 @@ def _fmt(value: Any) -> str:
 
 def format_detail(detail: dict[str, Any]) -> str:
     """Render :func:`show_job` as indented text."""
-    lines = [f"Job {detail['id']}: {detail['state']} ({detail['action']}, rule {_fmt(detail['rule'])})"]
+    lines = [
+        f"Job {detail['id']}: {detail['state']} ({detail['action']}, rule {_fmt(detail['rule'])})"
+    ]
     for key in (
         "attempts",
         "recoveries",

@@ -56,7 +56,7 @@ def _render(value: object) -> str:
 class KeyValueFormatter(logging.Formatter):
     """``2026-11-25T10:00:00.123Z INFO logger event key=value ...``."""
 
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
         """Render `record` as one line."""
@@ -73,7 +73,7 @@ class KeyValueFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
 
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
         """Render `record` as a JSON object."""

@@ -59,9 +59,7 @@ def route(config: Config, info: InstanceInfo, calling_aet: str) -> Route:
         the destination names (all destinations when the rule names none).
     """
     if info.produced_by_node:
-        return Route(
-            "ignore", None, (), "produced by this node (ContributingEquipmentSequence)"
-        )
+        return Route("ignore", None, (), "produced by this node (ContributingEquipmentSequence)")
     for rule in config.rules:
         if rule_matches(rule, info, calling_aet):
             if rule.action == "ignore":

@@ -34,6 +34,10 @@ class Runtime:
     on_new_dispatch: list[Callable[[], None]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     extras: dict[str, Any] = field(default_factory=dict)
+    held_jobs: set[int] = field(default_factory=set)
+    """Jobs this process is working on right now: the heartbeat extends only their leases."""
+    held_dispatches: set[int] = field(default_factory=set)
+    """Dispatches this process is sending right now (same purpose)."""
 
     @classmethod
     def create(cls, config: Config) -> Runtime:

@@ -126,7 +126,7 @@ def _context_keys(item: SendItem) -> list[tuple[str, tuple[str, ...]]]:
     uncompressed ones is usually refused and the file would be decompressed.
     Each other syntax therefore gets a context of its own.
     """
-    keys = []
+    keys: list[tuple[str, tuple[str, ...]]] = []
     if item.transfer_syntax_uid not in UNCOMPRESSED:
         keys.append((item.sop_class_uid, (item.transfer_syntax_uid,)))
     keys.append((item.sop_class_uid, UNCOMPRESSED))

@@ -9,13 +9,14 @@ interval.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
 
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_node.dispatch import dispatch_due
 from dicom_node.housekeeping import run_housekeeping
@@ -33,7 +34,7 @@ def _guarded(name: str, func: Callable[[Runtime], object], runtime: Runtime) -> 
     def run() -> None:
         try:
             func(runtime)
-        except Exception:  # noqa: BLE001 - a periodic task must never kill the scheduler
+        except Exception:
             logger.exception("periodic task %s failed", name)
 
     return run
@@ -116,10 +117,8 @@ class NodeService:
     def _wake(self, job_ids: list[str]) -> None:
         now = dt.datetime.now(dt.UTC)
         for job_id in job_ids:
-            try:
+            with contextlib.suppress(JobLookupError):
                 self.scheduler.modify_job(job_id, next_run_time=now)
-            except JobLookupError:
-                pass
 
     def wake_processing(self) -> None:
         """Run the job processors now rather than at their next tick."""
@@ -137,6 +136,6 @@ class NodeService:
         self.scheduler.shutdown(wait=True)
         try:
             unregister(self.runtime)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("could not unregister the worker")
         log_event(logger, "node.stopped", worker_id=self.runtime.worker_id)

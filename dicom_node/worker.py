@@ -66,6 +66,17 @@ def process_one(runtime: Runtime) -> bool:
     job = claim_job(runtime)
     if job is None:
         return False
+    runtime.held_jobs.add(job.id)
+    try:
+        _run(runtime, job)
+    finally:
+        # Whatever happened, stop renewing the lease: if the outcome could not be
+        # recorded (database error), the job is recovered once the lease runs out.
+        runtime.held_jobs.discard(job.id)
+    return True
+
+
+def _run(runtime: Runtime, job: ClaimedJob) -> None:
     start = time.perf_counter()
     log_event(
         logger,
@@ -82,18 +93,17 @@ def process_one(runtime: Runtime) -> bool:
         result = processor(runtime, job)
     except RetryableError as exc:
         fail_job(runtime, job, str(exc), retryable=True)
-        return True
+        return
     except PermanentError as exc:
         fail_job(runtime, job, str(exc), retryable=False)
-        return True
-    except Exception as exc:  # noqa: BLE001 - bad input must never stop the node
+        return
+    except Exception as exc:
         logger.exception("job %s raised an unexpected error", job.id)
         fail_job(runtime, job, f"unexpected error: {exc.__class__.__name__}: {exc}", False)
-        return True
+        return
     timings: dict[str, Any] = dict(result.timings)
     timings.setdefault("process", (time.perf_counter() - start) * 1000)
     complete_processing(runtime, job, result.outputs, timings, result.audit)
-    return True
 
 
 def drain(runtime: Runtime, limit: int | None = None) -> int:

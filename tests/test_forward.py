@@ -51,9 +51,7 @@ def dispatch_rows(node: NodeProcess) -> list[dict[str, Any]]:
 
 
 def attempt_rows(node: NodeProcess) -> list[dict[str, Any]]:
-    return node.sql(
-        "SELECT dispatch_id, status, error FROM dispatch_attempts ORDER BY id"
-    )
+    return node.sql("SELECT dispatch_id, status, error FROM dispatch_attempts ORDER BY id")
 
 
 def assert_delivered_once(node: NodeProcess, orthanc: Orthanc, uids: list[str]) -> None:
@@ -108,9 +106,11 @@ def test_outage_loses_nothing_and_delivers_once_in_one_association(
 
     def all_failing() -> bool:
         rows = dispatch_rows(n)
-        return len(rows) == 8 and all(r["attempts"] >= 1 for r in rows) and max(
-            r["attempts"] for r in rows
-        ) >= 2
+        return (
+            len(rows) == 8
+            and all(r["attempts"] >= 1 for r in rows)
+            and max(r["attempts"] for r in rows) >= 2
+        )
 
     wait_until(all_failing, 60, lambda: f"failed attempts: {dispatch_rows(n)}")
     assert all(r["state"] == "pending" for r in dispatch_rows(n))
@@ -222,6 +222,23 @@ def test_exhausted_attempts_dead_letter_and_jobs_retry_requeues(
     assert "re-queued" in retried.stdout
     n.wait_jobs(1, timeout=60)
     assert_delivered_once(n, orthanc, [sample.sop_instance_uid])
+
+
+def test_a_removed_destination_dead_letters_its_deliveries(
+    node: NodeFactory, orthanc: Orthanc, small_copies: Callable[..., list[SampleFile]]
+) -> None:
+    n = node(destinations=[orthanc])
+    orthanc.stop()
+    sample = small_copies(1)[0]
+    assert storescu(n.port, [sample.path]).returncode == 0
+    wait_until(lambda: any(d["attempts"] for d in dispatch_rows(n)), 30, "a failed attempt")
+    assert n.stop() == 0
+    del n.document["destinations"]  # the PACS is taken out of the configuration
+    n.write_config()
+    n.start()
+    job = n.wait_jobs(1, states=("dead_lettered",), timeout=30)[0]
+    assert "no longer configured" in job["error"]
+    assert [d["state"] for d in dispatch_rows(n)] == ["dead"]
 
 
 # --------------------------------------------------------------------------- send_batch

@@ -169,7 +169,9 @@ TRANSFER_SYNTAXES = [
 
 
 def test_every_usual_transfer_syntax_is_stored_as_received(
-    node: NodeFactory, small_copies: Callable[..., list[SampleFile]], tmp_path: Path,
+    node: NodeFactory,
+    small_copies: Callable[..., list[SampleFile]],
+    tmp_path: Path,
     small_dataset: Dataset,
 ) -> None:
     n = node()

@@ -228,13 +228,58 @@ class PatchDiscriminator(nn.Module):
         return self.model(torch.cat([condition, image], dim=1) * 2.0 - 1.0)
 
 
-def init_weights(module: nn.Module, gain: float = 0.02) -> None:
-    """Initialise convolutions from N(0, gain²) and biases to zero, as pix2pix does."""
+def init_weights(module: nn.Module, scheme: str = "normal", gain: float = 0.02) -> None:
+    """Initialise convolution weights; biases start at zero.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Network to initialise in place.
+    scheme : str
+        ``"normal"``: N(0, gain²) as in pix2pix, suited to networks with
+        normalisation layers. ``"kaiming"``: N(0, 2 / fan_in) (He et al.),
+        which keeps activations from vanishing through the sixteen layers of
+        a U-Net *without* normalisation; ``fan_in`` of a stride-s transposed
+        convolution counts the C_in·k²/s² inputs that reach each output.
+    gain : float
+        Standard deviation of the ``"normal"`` scheme.
+
+    Raises
+    ------
+    ValueError
+        If `scheme` is unknown.
+    """
+    if scheme not in ("normal", "kaiming"):
+        raise ValueError(f"scheme must be 'normal' or 'kaiming'; got {scheme!r}.")
     for layer in module.modules():
-        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+        if not isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+            continue
+        if scheme == "normal":
             nn.init.normal_(layer.weight, 0.0, gain)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
+        else:
+            kernel = layer.kernel_size[0] * layer.kernel_size[1]
+            if isinstance(layer, nn.ConvTranspose2d):
+                fan_in = layer.in_channels * kernel / (layer.stride[0] * layer.stride[1])
+            else:
+                fan_in = layer.in_channels * kernel
+            nn.init.normal_(layer.weight, 0.0, (2.0 / fan_in) ** 0.5)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
+def init_generator(generator: ResidualEnhancer) -> None:
+    """Initialise a generator for training.
+
+    Without normalisation the layers use the ``"kaiming"`` scheme, with
+    InstanceNorm the pix2pix ``"normal"`` one. The last layer is then scaled
+    down by 10 so that the initial residual is small and the untrained
+    generator is close to the identity.
+    """
+    init_weights(generator, "kaiming" if generator.config.norm == "none" else "normal")
+    last = generator.unet.up[-1][1]
+    if isinstance(last, nn.ConvTranspose2d):
+        with torch.no_grad():
+            last.weight.mul_(0.1)
 
 
 def pad_to_multiple(

@@ -42,6 +42,7 @@ from training.networks import (
     PatchDiscriminator,
     ResidualEnhancer,
     count_parameters,
+    init_generator,
     init_weights,
     pad_to_multiple,
 )
@@ -372,7 +373,7 @@ def train(
     )
 
     generator: nn.Module = ResidualEnhancer(config.generator)
-    init_weights(generator)
+    init_generator(generator)
     discriminator: nn.Module | None = None
     if not config.l1_only:
         discriminator = PatchDiscriminator(config.ndf)

@@ -7,6 +7,7 @@ the fixture that owns it (see ``tests/conftest.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -116,10 +117,8 @@ def kill(proc: subprocess.Popen[bytes] | None) -> None:
         return
     if proc.poll() is None:
         proc.kill()
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):  # a SIGKILLed process ends
         proc.wait(10)
-    except subprocess.TimeoutExpired:  # pragma: no cover - a SIGKILLed process always ends
-        pass
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -288,9 +287,11 @@ class Orthanc:
                 )
             try:
                 wait_until(
-                    lambda: self.proc is None
-                    or self.proc.poll() is not None
-                    or (self._system_ok() and port_open(self.dicom_port)),
+                    lambda: (
+                        self.proc is None
+                        or self.proc.poll() is not None
+                        or (self._system_ok() and port_open(self.dicom_port))
+                    ),
                     timeout,
                     "Orthanc to answer",
                 )
@@ -488,8 +489,8 @@ class NodeProcess:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start ``dicom-node serve`` and wait until it listens."""
+    def start(self, timeout: float = 30.0, wait: bool = True) -> None:
+        """Start ``dicom-node serve`` and (unless `wait` is false) wait until it listens."""
         if self.running:
             raise AssertionError("the node is already running")
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -501,7 +502,13 @@ class NodeProcess:
                 env=self.env(),
                 cwd=self.workdir,
             )
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the node started by :meth:`start` listens; fail if it exits."""
         proc = self.proc
+        assert proc is not None, "the node was not started"
         wait_until(
             lambda: proc.poll() is not None or "scp.listening" in self.new_log(),
             timeout,
@@ -606,7 +613,9 @@ class NodeProcess:
         engine = sqlalchemy.create_engine(self.database_url, poolclass=NullPool)
         try:
             with engine.connect() as conn:
-                return [dict(row) for row in conn.execute(sqlalchemy.text(query), params).mappings()]
+                return [
+                    dict(row) for row in conn.execute(sqlalchemy.text(query), params).mappings()
+                ]
         finally:
             engine.dispose()
 

@@ -1,0 +1,326 @@
+"""Configuration: validation (one clear line naming key and value, exit code 2),
+defaults, path resolution and ``DICOM_NODE_<SECTION>_<KEY>`` overrides.
+
+Most cases run in process (:func:`dicom_node.config.parse_config`); a
+representative set goes through ``dicom-node config check`` and
+``dicom-node serve`` to pin the exit code and the one-line message.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.peers import DICOM_NODE, NodeProcess, echoscu, free_port, to_toml
+
+from dicom_node.config import (
+    DEFAULT_RULES,
+    Config,
+    ConfigError,
+    apply_env_overrides,
+    load_config,
+    parse_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config" / "node.example.toml"
+DEST = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}
+
+
+def parse(raw: dict[str, Any], base: Path = Path("/srv/node")) -> Config:
+    return parse_config(raw, base)
+
+
+# --------------------------------------------------------------------------- valid input
+
+
+def test_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("")
+    config = load_config(path, environ={})
+    assert config.node.ae_title == "CXR_ENHANCE" and config.node.port == 11112
+    assert config.node.allowed_calling_aets == ()  # empty: any caller
+    assert config.storage.data_dir == tmp_path / "var"
+    assert config.storage.effective_database_url == f"sqlite:///{tmp_path / 'var' / 'node.sqlite3'}"
+    assert config.rules == DEFAULT_RULES
+    assert config.destinations == ()
+
+
+def test_a_full_configuration(tmp_path: Path) -> None:
+    raw = {
+        "node": {
+            "ae_title": "CXR_NODE",
+            "host": "127.0.0.1",
+            "port": 11113,
+            "allowed_calling_aets": ["CT01", "DX_ROOM_2"],
+            "max_associations": 4,
+        },
+        "storage": {
+            "data_dir": "data",
+            "database_url": "postgresql+psycopg://node@db.example/node",
+            "retention_days": 7,
+        },
+        "destinations": [DEST, {**DEST, "name": "backup", "port": 11114, "max_batch": 10}],
+        "rules": [
+            {
+                "name": "chest",
+                "action": "forward",
+                "destinations": ["backup"],
+                "modality": ["cr", "DX"],
+                "series_description": "^PA",
+            }
+        ],
+    }
+    config = parse(raw, tmp_path)
+    assert config.node.allowed_calling_aets == ("CT01", "DX_ROOM_2")
+    assert config.storage.data_dir == tmp_path / "data"
+    assert config.storage.effective_database_url.startswith("postgresql+psycopg://")
+    assert config.destination("backup").max_batch == 10
+    assert config.rules[0].modality == ("CR", "DX")
+    with pytest.raises(ConfigError, match="no destination named 'nope'"):
+        config.destination("nope")
+
+
+def test_relative_paths_resolve_against_the_folder_holding_config(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    path = tmp_path / "config" / "node.toml"
+    path.write_text('[storage]\ndata_dir = "var/data"\n')
+    assert load_config(path, environ={}).storage.data_dir == tmp_path / "var" / "data"
+
+
+# --------------------------------------------------------------------------- invalid input
+
+INVALID: list[tuple[dict[str, Any], str, str]] = [
+    # (raw configuration, key named in the message, value shown in the message)
+    ({"node": {"ae_title": "A_VERY_LONG_AE_TITLE"}}, "node.ae_title", "'A_VERY_LONG_AE_TITLE'"),
+    ({"node": {"ae_title": "BAD\\AET"}}, "node.ae_title", "'BAD\\\\AET'"),
+    ({"node": {"ae_title": "BAD\x01AET"}}, "node.ae_title", "'BAD\\x01AET'"),
+    ({"node": {"ae_title": "TAB\tAET"}}, "node.ae_title", "'TAB\\tAET'"),
+    ({"node": {"ae_title": "   "}}, "node.ae_title", "'   '"),
+    ({"node": {"ae_title": "ÉCHO"}}, "node.ae_title", "'ÉCHO'"),
+    ({"node": {"ae_title": 42}}, "node.ae_title", "42"),
+    ({"node": {"port": 0}}, "node.port", "0"),
+    ({"node": {"port": 65536}}, "node.port", "65536"),
+    ({"node": {"port": -1}}, "node.port", "-1"),
+    ({"node": {"port": "11112"}}, "node.port", "'11112'"),
+    ({"node": {"port": True}}, "node.port", "True"),
+    ({"node": {"port": 11112.5}}, "node.port", "11112.5"),
+    ({"node": {"host": "bad host"}}, "node.host", "'bad host'"),
+    ({"node": {"max_associations": 0}}, "node.max_associations", "0"),
+    ({"node": {"max_associations": "ten"}}, "node.max_associations", "'ten'"),
+    ({"node": {"allowed_calling_aets": 5}}, "node.allowed_calling_aets", "5"),
+    (
+        {"node": {"allowed_calling_aets": ["OK", "SEVENTEEN_CHARS_X"]}},
+        "node.allowed_calling_aets[1]",
+        "'SEVENTEEN_CHARS_X'",
+    ),
+    ({"storage": {"data_dir": ""}}, "storage.data_dir", "''"),
+    ({"storage": {"database_url": "mysql://db/node"}}, "storage.database_url", "'mysql://db/node'"),
+    ({"storage": {"retention_days": "30"}}, "storage.retention_days", "'30'"),
+    ({"storage": {"retention_days": -1}}, "storage.retention_days", "-1"),
+    ({"storage": {"sqlite_busy_timeout": "fast"}}, "storage.sqlite_busy_timeout", "'fast'"),
+    ({"destinations": [{**DEST, "port": 70000}]}, "destinations[0].port", "70000"),
+    (
+        {"destinations": [{**DEST, "ae_title": "PACS\\1"}]},
+        "destinations[0].ae_title",
+        "'PACS\\\\1'",
+    ),
+    ({"destinations": [{**DEST, "host": ""}]}, "destinations[0].host", "''"),
+    ({"destinations": [{**DEST, "name": "my pacs"}]}, "destinations[0].name", "'my pacs'"),
+    ({"destinations": [DEST, DEST]}, "destinations[1].name", "'pacs'"),
+    ({"jobs": {"max_attempts": 0}}, "jobs.max_attempts", "0"),
+    ({"jobs": {"retry_base_delay": "5s"}}, "jobs.retry_base_delay", "'5s'"),
+    ({"jobs": {"retry_jitter": 1.5}}, "jobs.retry_jitter", "1.5"),
+    ({"jobs": {"retry_max_delay": 1.0}}, "jobs.retry_max_delay", "1.0"),
+    ({"jobs": {"poll_interval": 0}}, "jobs.poll_interval", "0"),
+    ({"rules": [{"name": "r", "action": "delete"}]}, "rules[0].action", "'delete'"),
+    (
+        {"rules": [{"name": "r", "action": "forward", "destinations": ["nowhere"]}]},
+        "rules[0].destinations",
+        "'nowhere'",
+    ),
+    (
+        {"rules": [{"name": "r", "action": "forward", "sop_class_uid": ["1.2.04"]}]},
+        "rules[0].sop_class_uid",
+        "'1.2.04'",
+    ),
+    (
+        {"rules": [{"name": "r", "action": "forward", "series_description": "(("}]},
+        "rules[0].series_description",
+        "'(('",
+    ),
+    ({"logging": {"level": "LOUD"}}, "logging.level", "'LOUD'"),
+    ({"node": {"colour": "blue"}}, "[node]", "'colour'"),
+    ({"nodes": {}}, "configuration", "'nodes'"),
+]
+
+
+@pytest.mark.parametrize(("raw", "key", "shown"), INVALID, ids=[case[1] for case in INVALID])
+def test_a_bad_value_is_named_with_its_key(raw: dict[str, Any], key: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    message = str(caught.value)
+    assert message.startswith(f"{key}:") or message.startswith(key), message
+    assert shown in message, message
+    assert "\n" not in message
+
+
+def test_missing_required_destination_key() -> None:
+    with pytest.raises(ConfigError, match=r"destinations\[0\]: the key 'port' is required"):
+        parse({"destinations": [{"name": "pacs", "ae_title": "PACS", "host": "h"}]})
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def test_environment_overrides_single_values(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(to_toml({"node": {"ae_title": "FILE_AET", "port": 11112}}))
+    env = {
+        "DICOM_NODE_NODE_PORT": "11113",
+        "DICOM_NODE_NODE_ALLOWED_CALLING_AETS": "CT01, DX01",
+        "DICOM_NODE_STORAGE_DATABASE_URL": "postgresql+psycopg://node@db/node",
+        "DICOM_NODE_JOBS_RETRY_BASE_DELAY": "0.5",
+        "DICOM_NODE_NODE_AE_TITLE": "1234",  # digits: still an AE title, not a number
+        "UNRELATED": "x",
+    }
+    config = load_config(path, environ=env)
+    assert config.node.port == 11113
+    assert config.node.ae_title == "1234"
+    assert config.node.allowed_calling_aets == ("CT01", "DX01")
+    assert config.storage.database_url == "postgresql+psycopg://node@db/node"
+    assert config.jobs.retry_base_delay == 0.5
+
+
+def test_a_bad_environment_value_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("")
+    with pytest.raises(ConfigError, match=r"node\.port: 'eleven' is not a valid TCP port"):
+        load_config(path, environ={"DICOM_NODE_NODE_PORT": "eleven"})
+    with pytest.raises(ConfigError, match="DICOM_NODE_PORT: unknown setting"):
+        load_config(path, environ={"DICOM_NODE_PORT": "11112"})
+    with pytest.raises(ConfigError, match="unknown key 'prot'"):
+        load_config(path, environ={"DICOM_NODE_NODE_PROT": "11112"})
+
+
+def test_overrides_do_not_modify_the_parsed_document() -> None:
+    raw = {"node": {"port": 1}}
+    merged = apply_env_overrides(raw, {"DICOM_NODE_NODE_PORT": "2"})
+    assert raw == {"node": {"port": 1}} and merged["node"]["port"] == 2
+
+
+# --------------------------------------------------------------------------- the example file
+
+
+def test_the_example_configuration_is_valid_and_documents_every_key(tmp_path: Path) -> None:
+    assert EXAMPLE.is_file(), f"{EXAMPLE} is missing"
+    text = EXAMPLE.read_text()
+    load_config(EXAMPLE, environ={})
+    raw = tomllib.loads(text)
+    documented = set()
+    for line in text.splitlines():
+        stripped = line.lstrip("# ").split("=")[0].strip()
+        if "=" in line and stripped.isidentifier():
+            documented.add(stripped)
+    keys = {
+        "ae_title", "host", "port", "allowed_calling_aets", "max_associations",
+        "data_dir", "database_url", "retention_days",
+        "name", "action", "destinations",
+    }  # fmt: skip
+    assert keys <= documented, f"undocumented keys: {sorted(keys - documented)}"
+    assert "#" in text and raw  # commented, and not empty
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+CLI_CASES = [
+    ('[node]\nport = "11112"\n', "node.port", "'11112'"),
+    ('[node]\nae_title = "SEVENTEEN_CHARS_X"\n', "node.ae_title", "'SEVENTEEN_CHARS_X'"),
+    ('[node]\nae_title = "BAD\\\\AET"\n', "node.ae_title", "'BAD\\\\AET'"),
+    ('[node]\nae_title = "BELL\\u0007"\n', "node.ae_title", "'BELL\\x07'"),
+    ("[node]\nport = 99999\n", "node.port", "99999"),
+    ("[jobs]\nmax_attempts = 2.5\n", "jobs.max_attempts", "2.5"),
+]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DICOM_NODE, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+@pytest.mark.parametrize(("text", "key", "shown"), CLI_CASES, ids=[c[1] for c in CLI_CASES])
+def test_config_check_exits_2_with_one_line(
+    tmp_path: Path, text: str, key: str, shown: str
+) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    result = run_cli("config", "check", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"dicom-node: error: {key}: ")
+    assert shown in lines[0]
+
+
+def test_serve_refuses_a_bad_configuration_with_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("[node]\nport = 0\n")
+    result = run_cli("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "dicom-node: error: node.port: 0 is not a valid TCP port; expected 1 to 65535."
+    )
+
+
+def test_missing_or_unparsable_file_exits_2(tmp_path: Path) -> None:
+    missing = run_cli("config", "check", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2 and "nope.toml" in missing.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[node\nport = 1\n")
+    result = run_cli("config", "check", "--config", str(broken))
+    assert result.returncode == 2 and "is not valid TOML" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_config_check_reports_a_valid_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        to_toml(
+            {
+                "node": {"ae_title": "CXR_NODE", "port": 11112},
+                "destinations": [DEST],
+                "rules": [{"name": "fwd", "action": "forward"}],
+            }
+        )
+    )
+    result = run_cli("config", "check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout
+    assert "destination pacs: PACS@127.0.0.1:104" in result.stdout
+    assert "rule fwd: forward -> all destinations" in result.stdout
+
+
+@pytest.mark.network
+def test_an_environment_override_reaches_the_running_node(tmp_path: Path) -> None:
+    port = free_port()
+    document = {
+        "node": {"ae_title": "NODE", "host": "127.0.0.1", "port": free_port()},
+        "storage": {"data_dir": str(tmp_path / "data")},
+        "rules": [{"name": "fwd", "action": "forward"}],
+    }
+    node = NodeProcess(
+        tmp_path,
+        document,
+        env={"DICOM_NODE_NODE_PORT": str(port), "DICOM_NODE_NODE_AE_TITLE": "ENV_AET"},
+    )
+    try:
+        node.start()
+        assert echoscu(port, called="ENV_AET").returncode == 0
+        assert echoscu(port, called="NODE").returncode != 0
+    finally:
+        node.kill()
