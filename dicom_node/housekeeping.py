@@ -33,28 +33,46 @@ logger = logging.getLogger(__name__)
 ORPHAN_AGE = dt.timedelta(hours=1)
 
 
+BATCH = 500
+
+
 def purge_expired(runtime: Runtime, now: dt.datetime | None = None) -> int:
     """Delete instances older than ``storage.retention_days`` with finished jobs.
 
     Their spool files, jobs, dispatches, attempts and derived files go with
-    them. ``retention_days = 0`` keeps everything. Returns the number of
-    received instances purged.
+    them; empty series and studies follow. ``retention_days = 0`` keeps
+    everything. Work runs in batches of :data:`BATCH` instances, one
+    transaction each. Returns the number of received instances purged.
     """
     days = runtime.config.storage.retention_days
     if days <= 0:
         return 0
     cutoff = (now or utcnow()) - dt.timedelta(days=days)
+    total = 0
+    while not runtime.stopping.is_set():
+        purged, files = _purge_batch(runtime, cutoff)
+        for path in files:
+            remove_quietly(path)
+        total += purged
+        if purged < BATCH:
+            break
+    if total:
+        log_event(logger, "retention.purged", instances=total, retention_days=days)
+    return total
+
+
+def _purge_batch(runtime: Runtime, cutoff: dt.datetime) -> tuple[int, list[Path]]:
     files: list[Path] = []
+    busy = select(Job.instance_id).where(Job.state.not_in(FINAL_STATES))
     with runtime.session() as session, session.begin():
         candidates = session.scalars(
-            select(Instance).where(Instance.received_at < cutoff).limit(1000)
+            select(Instance)
+            .where(Instance.received_at < cutoff, Instance.id.not_in(busy))
+            .order_by(Instance.id)
+            .limit(BATCH)
         ).all()
-        purged = 0
         for instance in candidates:
-            jobs = session.scalars(select(Job).where(Job.instance_id == instance.id)).all()
-            if any(job.state not in FINAL_STATES for job in jobs):
-                continue
-            for job in jobs:
+            for job in session.scalars(select(Job).where(Job.instance_id == instance.id)):
                 dispatch_ids = select(Dispatch.id).where(Dispatch.job_id == job.id)
                 session.execute(
                     delete(DispatchAttempt).where(DispatchAttempt.dispatch_id.in_(dispatch_ids))
@@ -68,18 +86,13 @@ def purge_expired(runtime: Runtime, now: dt.datetime | None = None) -> int:
                 session.delete(job)
             files.append(Path(instance.path))
             session.delete(instance)
-            purged += 1
         session.flush()
         for series in session.scalars(select(Series).where(~Series.instances.any())):
             session.delete(series)
         session.flush()
         for study in session.scalars(select(Study).where(~Study.series.any())):
             session.delete(study)
-    for path in files:
-        remove_quietly(path)
-    if purged:
-        log_event(logger, "retention.purged", instances=purged, files=len(files))
-    return purged
+    return len(candidates), files
 
 
 def remove_orphans(runtime: Runtime, min_age: dt.timedelta = ORPHAN_AGE) -> int:

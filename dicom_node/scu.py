@@ -2,27 +2,32 @@
 
 :func:`send_batch` opens **one** association for a batch of files to one
 destination and checks every response. An empty response (timeout, abort)
-is a failure, never a success.
+is a failure, never a success. A file whose transfer syntax the peer accepts
+is sent byte for byte as it was stored.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, evt
+from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.config import Destination
 from dicom_node.scp import set_nodelay
 
 logger = logging.getLogger(__name__)
+
+# A file sent by path is streamed from disk as stored, not decoded and re-encoded.
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 128
 SUCCESS_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -83,12 +88,10 @@ def echo(
     ae = _make_ae(calling_aet, timeout)
     ae.add_requested_context(Verification)
     start = time.perf_counter()
-    assoc = ae.associate(
-        host, port, ae_title=ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
-    )
+    assoc, connection = _associate(ae, host, port, ae_title)
     if not assoc.is_established:
         rtt = (time.perf_counter() - start) * 1000
-        return EchoResult(False, None, rtt, _association_failure(assoc))
+        return EchoResult(False, None, rtt, _association_failure(assoc, connection, host, port))
     try:
         status = assoc.send_c_echo()
         rtt = (time.perf_counter() - start) * 1000
@@ -101,7 +104,30 @@ def echo(
             assoc.release()
 
 
-def _association_failure(assoc: Any) -> str:
+class _Connection:
+    """Notes whether the TCP connection opened, to tell "refused" from "aborted"."""
+
+    def __init__(self) -> None:
+        self.opened = False
+
+    def on_open(self, event: Any) -> None:
+        self.opened = True
+        set_nodelay(event)
+
+    @property
+    def handlers(self) -> list[Any]:
+        return [(evt.EVT_CONN_OPEN, self.on_open)]
+
+
+def _associate(ae: AE, host: str, port: int, ae_title: str) -> tuple[Any, _Connection]:
+    connection = _Connection()
+    assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=connection.handlers)
+    return assoc, connection
+
+
+def _association_failure(assoc: Any, connection: _Connection, host: str, port: int) -> str:
+    if not connection.opened:
+        return f"cannot connect to {host}:{port} (connection refused or timed out)"
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         if rj is not None:
@@ -204,14 +230,9 @@ def send_batch(
     ae = _make_ae(calling_aet, timeout)
     ae.requested_contexts = _contexts_for(items)
     start = time.perf_counter()
-    assoc = ae.associate(
-        destination.host,
-        destination.port,
-        ae_title=destination.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
-    )
+    assoc, connection = _associate(ae, destination.host, destination.port, destination.ae_title)
     if not assoc.is_established:
-        reason = _association_failure(assoc)
+        reason = _association_failure(assoc, connection, destination.host, destination.port)
         elapsed = (time.perf_counter() - start) * 1000
         return [SendResult(item.key, False, None, reason, elapsed) for item in items]
     results: list[SendResult] = []
@@ -235,6 +256,10 @@ def _send_one(assoc: Any, item: SendItem) -> SendResult:
     syntax = _accepted_syntax(assoc, item.sop_class_uid, item.transfer_syntax_uid)
     if syntax is None:
         return result(False, None, f"the peer accepted no context for {item.sop_class_uid}")
+    if syntax == item.transfer_syntax_uid:
+        # The peer takes the file's own transfer syntax: send the stored bytes as they
+        # are (pynetdicom streams the dataset from the file, no decode/re-encode).
+        return _store(assoc, item.path, result)
     try:
         ds = pydicom.dcmread(item.path)
         if syntax != item.transfer_syntax_uid:
@@ -245,9 +270,17 @@ def _send_one(assoc: Any, item: SendItem) -> SendResult:
                 ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     except Exception as exc:  # noqa: BLE001 - an unreadable file fails this item only
         return result(False, None, f"cannot read {item.path}: {exc}")
+    return _store(assoc, ds, result)
+
+
+def _store(
+    assoc: Any,
+    dataset: Dataset | Path,
+    result: Callable[[bool, int | None, str | None], SendResult],
+) -> SendResult:
     try:
-        response = assoc.send_c_store(ds)
-    except Exception as exc:  # noqa: BLE001
+        response = assoc.send_c_store(dataset)
+    except Exception as exc:  # noqa: BLE001 - any failure is this item's failure
         return result(False, None, f"send failed: {exc}")
     if "Status" not in response:
         return result(False, None, "no response (timeout or abort)")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from helpers.dicom_files import SampleFile, describe
+from helpers.dicom_files import SampleFile, dataset_bytes, describe
 from helpers.peers import (
     LOOPBACK,
     NodeProcess,
@@ -93,6 +93,13 @@ def test_forwarded_instances_arrive_unchanged(
     # The same dataset, element for element, pixel data byte for byte.
     assert received.PixelData == original.PixelData
     assert Dataset(received) == Dataset(original)
+    # Sent byte for byte as stored in the spool, not decoded and re-encoded.
+    (row,) = n.sql(
+        "SELECT path FROM instances WHERE sop_instance_uid = :uid",
+        uid=samples[0].sop_instance_uid,
+    )
+    stored = Path(row["path"]).read_bytes()
+    assert dataset_bytes(orthanc.file(instance_id)) == dataset_bytes(stored)
 
 
 def test_outage_loses_nothing_and_delivers_once_in_one_association(

@@ -1,0 +1,150 @@
+"""The degradation model: determinism, noise statistics, each step, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from training.degrade import (
+    Degradation,
+    DegradationRange,
+    degrade,
+    expected_noise_variance,
+    smooth_field,
+)
+
+CLEAN = Degradation(noise_a=0.0, noise_b=0.0, blur_sigma=0.0)
+
+
+def _phantom(rows: int = 96, cols: int = 128) -> np.ndarray:
+    y, x = np.mgrid[0:rows, 0:cols]
+    return (0.2 + 0.6 * (x / cols) * (y / rows) + 0.1 * (x > cols // 2)).astype(np.float32)
+
+
+def test_same_seed_same_result_and_other_seed_differs() -> None:
+    image = _phantom()
+    params = Degradation(noise_a=0.002, noise_b=2e-5, blur_sigma=0.8, downsample=True,
+                         gamma=1.1, offset=0.03, bits=12)
+    first = degrade(image, params, 7)
+    again = degrade(image, params, 7)
+    other = degrade(image, params, 8)
+    assert first.dtype == np.float32 and first.shape == image.shape
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_generator_seed_is_accepted_and_advances() -> None:
+    rng = np.random.default_rng(3)
+    image = _phantom()
+    params = Degradation()
+    assert not np.array_equal(degrade(image, params, rng), degrade(image, params, rng))
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.002, 2e-5), (0.005, 1e-4), (0.0005, 1e-6)])
+def test_noise_variance_follows_a_x_plus_b(a: float, b: float) -> None:
+    params = Degradation(noise_a=a, noise_b=b, blur_sigma=0.0)
+    levels = np.array([0.15, 0.3, 0.5, 0.7, 0.85])
+    measured = []
+    for k, level in enumerate(levels):
+        flat = np.full((256, 256), level, dtype=np.float32)
+        noisy = degrade(flat, params, 100 + k).astype(np.float64)
+        measured.append((noisy - level).var())
+    measured_arr = np.array(measured)
+    expected = expected_noise_variance(levels, params)
+    # 65536 samples per level: the variance estimate is within ~1.5 % (3 sd).
+    np.testing.assert_allclose(measured_arr, expected, rtol=0.04)
+    slope, intercept = np.polyfit(levels, measured_arr, 1)
+    assert slope == pytest.approx(a, rel=0.06)
+    assert intercept == pytest.approx(b, abs=0.05 * a)
+
+
+def test_noise_variance_survives_16_bit_quantisation() -> None:
+    params = Degradation(noise_a=0.002, noise_b=2e-5, blur_sigma=0.0, bits=16)
+    flat = np.full((256, 256), 0.4, dtype=np.float32)
+    noisy = degrade(flat, params, 1).astype(np.float64)
+    assert noisy.var() == pytest.approx(0.002 * 0.4 + 2e-5, rel=0.04)
+
+
+def test_quantisation_to_source_bits() -> None:
+    image = _phantom()
+    for bits in (8, 12, 15):
+        out = degrade(image, Degradation(bits=bits), 0).astype(np.float64)
+        steps = out * (2**bits - 1)
+        np.testing.assert_allclose(steps, np.rint(steps), atol=1e-3)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_blur_is_a_gaussian_of_the_given_sigma() -> None:
+    image = _phantom()
+    out = degrade(image, Degradation(noise_a=0.0, noise_b=0.0, blur_sigma=1.2), 0)
+    expected = ndimage.gaussian_filter(image.astype(np.float64), 1.2, mode="reflect")
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    np.testing.assert_allclose(degrade(image, CLEAN, 0), image, atol=1e-7)
+
+
+def test_downsampling_removes_the_finest_detail_but_keeps_the_mean() -> None:
+    checker = (np.indices((64, 64)).sum(axis=0) % 2).astype(np.float32) * 0.5 + 0.25
+    params = Degradation(noise_a=0.0, noise_b=0.0, blur_sigma=0.0, downsample=True)
+    out = degrade(checker, params, 0)
+    assert out.std() < 0.01
+    assert out.mean() == pytest.approx(0.5, abs=1e-3)
+    y, x = np.mgrid[0:65, 0:67]  # odd sizes are handled
+    ramp = (0.2 + 0.5 * x / 67 + 0.2 * y / 65).astype(np.float32)
+    out = degrade(ramp, params, 0)
+    assert out.shape == ramp.shape
+    assert np.abs(out - ramp)[2:-2, 2:-2].max() < 1e-4  # linear ramps survive
+
+
+def test_exposure_gamma_and_smooth_offset() -> None:
+    image = _phantom()
+    gamma = degrade(image, Degradation(noise_a=0.0, noise_b=0.0, blur_sigma=0.0, gamma=1.2), 0)
+    np.testing.assert_allclose(gamma, image.astype(np.float64) ** 1.2, atol=1e-6)
+    params = Degradation(noise_a=0.0, noise_b=0.0, blur_sigma=0.0, offset=0.05)
+    offset = degrade(image, params, 0).astype(np.float64) - image
+    assert 0.01 < np.abs(offset).max() <= 0.05 + 1e-6
+    # Low frequency: neighbouring pixels differ by far less than the amplitude.
+    assert np.abs(np.diff(offset, axis=1)).max() < 0.005
+    field = smooth_field((50, 70), np.random.default_rng(0))
+    assert np.abs(field).max() == pytest.approx(1.0)
+
+
+def test_range_sampling_is_deterministic_and_within_bounds() -> None:
+    spec = DegradationRange(downsample_probability=0.5, exposure_probability=0.5)
+    draws = [spec.sample(np.random.default_rng(i), bits=8) for i in range(200)]
+    again = [spec.sample(np.random.default_rng(i), bits=8) for i in range(200)]
+    assert draws == again
+    assert all(0.0005 <= d.noise_a <= 0.005 and 1e-6 <= d.noise_b <= 1e-4 for d in draws)
+    assert all(0.0 <= d.blur_sigma <= 1.5 and 0.8 <= d.gamma <= 1.2 for d in draws)
+    assert all(d.bits == 8 for d in draws)
+    assert 60 < sum(d.downsample for d in draws) < 140
+    assert DegradationRange.from_dict(spec.as_dict()) == spec
+    plain = DegradationRange().sample(np.random.default_rng(0))
+    assert not plain.downsample and plain.gamma == 1.0 and plain.offset == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"noise_a": -0.1}, "noise_a"),
+        ({"noise_b": 1.0}, "noise_b"),
+        ({"blur_sigma": 9.0}, "blur_sigma"),
+        ({"gamma": 3.0}, "gamma"),
+        ({"bits": 17}, "bits"),
+        ({"noise_a": float("nan")}, "noise_a"),
+    ],
+)
+def test_invalid_parameters_are_refused(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Degradation(**kwargs)  # type: ignore[arg-type]
+
+
+def test_invalid_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        degrade(np.zeros((2, 3, 4)), Degradation(), 0)
+    with pytest.raises(TypeError, match="Degradation"):
+        degrade(np.zeros((4, 4)), {"noise_a": 0.1}, 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="seed"):
+        degrade(np.zeros((4, 4)), Degradation(), "1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="low <= high"):
+        DegradationRange(blur_sigma=(1.0, 0.5))
