@@ -24,8 +24,15 @@ def _phantom(rows: int = 96, cols: int = 128) -> np.ndarray:
 
 def test_same_seed_same_result_and_other_seed_differs() -> None:
     image = _phantom()
-    params = Degradation(noise_a=0.002, noise_b=2e-5, blur_sigma=0.8, downsample=True,
-                         gamma=1.1, offset=0.03, bits=12)
+    params = Degradation(
+        noise_a=0.002,
+        noise_b=2e-5,
+        blur_sigma=0.8,
+        downsample=True,
+        gamma=1.1,
+        offset=0.03,
+        bits=12,
+    )
     first = degrade(image, params, 7)
     again = degrade(image, params, 7)
     other = degrade(image, params, 8)

@@ -55,7 +55,7 @@ def test_manifest_reads_pairs_patients_and_splits(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     records = manifest_records(tmp_path / "manifest.csv")
-    assert [r.low for r in records][0] == str(tmp_path / "a_low.png")
+    assert records[0].low == str(tmp_path / "a_low.png")
     assert records[2].high == "/abs/c_high.png"
     assert records[0].group == records[1].group == group_key("P1")
     assert records[2].group != records[0].group
@@ -179,9 +179,15 @@ def test_archive_source_reads_cr_dx_chest_images_from_the_node_database(tmp_path
         ):
             path = files.get(name, spool / "gone.dcm")
             session.add(
-                Instance(sop_instance_uid=f"1.2.3.4.{index}", sop_class_uid=sop_class,
-                         series=series, transfer_syntax_uid="1.2.840.10008.1.2.1",
-                         path=str(path), size_bytes=1, calling_aet="TEST")
+                Instance(
+                    sop_instance_uid=f"1.2.3.4.{index}",
+                    sop_class_uid=sop_class,
+                    series=series,
+                    transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    path=str(path),
+                    size_bytes=1,
+                    calling_aet="TEST",
+                )
             )
         session.commit()
     engine.dispose()

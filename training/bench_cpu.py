@@ -24,7 +24,9 @@ import numpy as np
 
 from dicom_node.model_meta import INPUT_NAME, OUTPUT_NAME
 
-BUNDLED = Path(__file__).resolve().parent.parent / "dicom_node" / "bundled_model" / "cxr_pix2pix.onnx"
+BUNDLED = (
+    Path(__file__).resolve().parent.parent / "dicom_node" / "bundled_model" / "cxr_pix2pix.onnx"
+)
 
 
 def benchmark(model: Path, size: int, threads: int, repeats: int) -> dict[str, float]:
@@ -48,7 +50,7 @@ def benchmark(model: Path, size: int, threads: int, repeats: int) -> dict[str, f
     started = time.perf_counter()
     try:
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+    except Exception as exc:
         raise ValueError(f"The model {model} cannot be loaded: {exc}") from exc
     load = time.perf_counter() - started
     rng = np.random.default_rng(0)

@@ -85,43 +85,95 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a generator (pix2pix or L1 only)")
     src = tr.add_argument_group("data (at least one source)")
-    src.add_argument("--images", nargs="+", type=Path, metavar="PATH", default=[],
-                     help="folders or files of DICOM/PNG/TIFF radiographs (synthetic pairs)")
-    src.add_argument("--groups", type=Path, metavar="CSV",
-                     help="CSV with columns file and group (or patient_id) for --images")
+    src.add_argument(
+        "--images",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        default=[],
+        help="folders or files of DICOM/PNG/TIFF radiographs (synthetic pairs)",
+    )
+    src.add_argument(
+        "--groups",
+        type=Path,
+        metavar="CSV",
+        help="CSV with columns file and group (or patient_id) for --images",
+    )
     src.add_argument("--recursive", action="store_true", help="search --images folders recursively")
-    src.add_argument("--manifest", type=Path, metavar="CSV",
-                     help="CSV of real pairs: low,high[,split][,patient_id]")
-    src.add_argument("--archive", action="store_true",
-                     help="the CR/DX chest images in the node's database and spool")
-    src.add_argument("--node-config", type=Path, metavar="TOML",
-                     help="node configuration for --archive (default: the node's default)")
-    src.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15),
-                     metavar=("TRAIN", "VAL", "TEST"), help="fractions by patient (0.7 0.15 0.15)")
+    src.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="CSV",
+        help="CSV of real pairs: low,high[,split][,patient_id]",
+    )
+    src.add_argument(
+        "--archive",
+        action="store_true",
+        help="the CR/DX chest images in the node's database and spool",
+    )
+    src.add_argument(
+        "--node-config",
+        type=Path,
+        metavar="TOML",
+        help="node configuration for --archive (default: the node's default)",
+    )
+    src.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        default=(0.7, 0.15, 0.15),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions by patient (0.7 0.15 0.15)",
+    )
     run = tr.add_argument_group("run")
-    run.add_argument("--run-dir", type=Path, required=True, metavar="DIR",
-                     help="where the split, logs and checkpoints go")
-    run.add_argument("--resume", type=Path, metavar="CHECKPOINT",
-                     help="continue from a last.pt (its run's split is reused)")
+    run.add_argument(
+        "--run-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="where the split, logs and checkpoints go",
+    )
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="continue from a last.pt (its run's split is reused)",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     run.add_argument("--workers", type=_non_negative_int, default=0, help="data loader workers")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     opt = tr.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=_positive_int, default=100,
-                     help="epochs at the initial learning rate (100)")
-    opt.add_argument("--epochs-decay", type=_non_negative_int, default=100,
-                     help="epochs of linear decay to 0 (100)")
+    opt.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=100,
+        help="epochs at the initial learning rate (100)",
+    )
+    opt.add_argument(
+        "--epochs-decay",
+        type=_non_negative_int,
+        default=100,
+        help="epochs of linear decay to 0 (100)",
+    )
     opt.add_argument("--batch-size", type=_positive_int, default=1)
     opt.add_argument("--crop", type=_positive_int, default=256, help="crop side: 256 or 512")
-    opt.add_argument("--crops-per-image", type=_positive_int, default=1,
-                     help="crops of each training image per epoch")
+    opt.add_argument(
+        "--crops-per-image",
+        type=_positive_int,
+        default=1,
+        help="crops of each training image per epoch",
+    )
     opt.add_argument("--lr", type=float, default=2e-4)
     opt.add_argument("--beta1", type=float, default=0.5)
     opt.add_argument("--lambda-l1", type=float, default=100.0)
     opt.add_argument("--l1-only", action="store_true", help="no discriminator, L1 loss only")
-    opt.add_argument("--val-max-images", type=_non_negative_int, default=0,
-                     help="validate on at most this many images (0: all)")
+    opt.add_argument(
+        "--val-max-images",
+        type=_non_negative_int,
+        default=0,
+        help="validate on at most this many images (0: all)",
+    )
     net = tr.add_argument_group("networks")
     net.add_argument("--ngf", type=_positive_int, default=16)
     net.add_argument("--norm", choices=("none", "instance"), default="none")
@@ -135,45 +187,105 @@ def build_parser() -> argparse.ArgumentParser:
     deg.add_argument("--exposure-prob", type=float, default=0.0)
     deg.add_argument("--gamma", type=_float_pair, default=(0.8, 1.2), metavar="LO,HI")
     deg.add_argument("--offset-max", type=float, default=0.05)
-    deg.add_argument("--val-setting", type=_setting, default=(0.002, 2e-5, 0.8), metavar="A,B,SIGMA",
-                     help="fixed degradation of the validation images (0.002,2e-5,0.8)")
+    deg.add_argument(
+        "--val-setting",
+        type=_setting,
+        default=(0.002, 2e-5, 0.8),
+        metavar="A,B,SIGMA",
+        help="fixed degradation of the validation images (0.002,2e-5,0.8)",
+    )
     tr.set_defaults(func=cmd_train)
 
     ex = sub.add_parser("export", help="export a checkpoint to ONNX with metadata and parity check")
     ex.add_argument("checkpoint", type=Path, help="best.pt (or last.pt) of a run")
     ex.add_argument("--output", "-o", type=Path, required=True, metavar="ONNX")
     ex.add_argument("--name", default="cxr-pix2pix", help="model_name metadata")
-    ex.add_argument("--version", dest="model_version", default="1.0.0", help="model_version metadata")
-    ex.add_argument("--evaluation", type=Path, metavar="JSON",
-                    help="evaluation.json of `evaluate` to record the test metrics")
-    ex.add_argument("--parity-images", nargs="*", type=Path, default=[], metavar="PATH",
-                    help="real images for the parity check (default: up to 2 test images of the run)")
-    ex.add_argument("--tolerance", type=float, default=None,
-                    help="maximum absolute difference allowed (fp32 default 1e-4)")
+    ex.add_argument(
+        "--version", dest="model_version", default="1.0.0", help="model_version metadata"
+    )
+    ex.add_argument(
+        "--evaluation",
+        type=Path,
+        metavar="JSON",
+        help="evaluation.json of `evaluate` to record the test metrics",
+    )
+    ex.add_argument(
+        "--parity-images",
+        nargs="*",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="real images for the parity check (default: up to 2 test images of the run)",
+    )
+    ex.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="maximum absolute difference allowed (fp32 default 1e-4)",
+    )
     ex.add_argument("--fp16", type=Path, metavar="ONNX", help="also write an fp16 model here")
-    ex.add_argument("--fp16-tolerance", type=float, default=None,
-                    help="maximum absolute difference allowed for fp16 (default 1e-2)")
+    ex.add_argument(
+        "--fp16-tolerance",
+        type=float,
+        default=None,
+        help="maximum absolute difference allowed for fp16 (default 1e-2)",
+    )
     ex.add_argument("--opset", type=int, default=17)
     ex.set_defaults(func=cmd_export)
 
     ev = sub.add_parser("evaluate", help="compare the generator with baselines on the test split")
-    ev.add_argument("--run-dir", type=Path, required=True, metavar="DIR",
-                    help="the training run whose split.json defines val and test")
-    ev.add_argument("--model", type=Path, required=True, metavar="MODEL",
-                    help="the pix2pix generator (.onnx or a .pt checkpoint)")
-    ev.add_argument("--l1-model", type=Path, metavar="MODEL",
-                    help="an L1-only generator for comparison (.onnx or .pt)")
-    ev.add_argument("--setting", type=_setting, action="append", metavar="A,B,SIGMA",
-                    help="degradation setting (repeatable; default: three settings)")
-    ev.add_argument("--output-dir", type=Path, metavar="DIR",
-                    help="where evaluation.json, the table and the grids go (default RUN/eval)")
+    ev.add_argument(
+        "--run-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the training run whose split.json defines val and test",
+    )
+    ev.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        metavar="MODEL",
+        help="the pix2pix generator (.onnx or a .pt checkpoint)",
+    )
+    ev.add_argument(
+        "--l1-model",
+        type=Path,
+        metavar="MODEL",
+        help="an L1-only generator for comparison (.onnx or .pt)",
+    )
+    ev.add_argument(
+        "--setting",
+        type=_setting,
+        action="append",
+        metavar="A,B,SIGMA",
+        help="degradation setting (repeatable; default: three settings)",
+    )
+    ev.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="where evaluation.json, the table and the grids go (default RUN/eval)",
+    )
     ev.add_argument("--no-bm3d", action="store_true", help="skip the BM3D baseline")
-    ev.add_argument("--max-images", type=_non_negative_int, default=0,
-                    help="evaluate at most this many test images (0: all)")
-    ev.add_argument("--tune-images", type=_positive_int, default=6,
-                    help="validation images used to tune NLM and BM3D (6)")
-    ev.add_argument("--grid-cases", type=_non_negative_int, default=3,
-                    help="test cases drawn in the PNG grid (3)")
+    ev.add_argument(
+        "--max-images",
+        type=_non_negative_int,
+        default=0,
+        help="evaluate at most this many test images (0: all)",
+    )
+    ev.add_argument(
+        "--tune-images",
+        type=_positive_int,
+        default=6,
+        help="validation images used to tune NLM and BM3D (6)",
+    )
+    ev.add_argument(
+        "--grid-cases",
+        type=_non_negative_int,
+        default=3,
+        help="test cases drawn in the PNG grid (3)",
+    )
     ev.add_argument("--threads", type=_positive_int, help="CPU threads for the models")
     ev.add_argument("--seed", type=int, default=1234, help="seed of the test degradations")
     ev.set_defaults(func=cmd_evaluate)
@@ -242,11 +354,16 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         split, summary = _build_split(args)
     logger.info("Split: %s", json.dumps(split.summary()))
     result = train(
-        config, split, args.run_dir, resume=args.resume, data_summary=summary,
+        config,
+        split,
+        args.run_dir,
+        resume=args.resume,
+        data_summary=summary,
         progress=not args.no_progress,
     )
     print(
-        f"best epoch {result.best_epoch}: val PSNR {result.best_metrics.get('val_psnr', 0):.3f} dB, "
+        f"best epoch {result.best_epoch}: val PSNR "
+        f"{result.best_metrics.get('val_psnr', 0):.3f} dB, "
         f"SSIM {result.best_metrics.get('val_ssim', 0):.4f}; {result.images_per_second:.2f} "
         f"images/s; checkpoints in {result.run_dir}"
     )
@@ -276,8 +393,9 @@ def _build_split(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             json.dumps([c.__dict__ for c in checks], indent=1) + "\n", encoding="utf-8"
         )
         if bad:
-            logger.warning("%d of %d pairs look misregistered; see pair_checks.json.",
-                           len(bad), len(checks))
+            logger.warning(
+                "%d of %d pairs look misregistered; see pair_checks.json.", len(bad), len(checks)
+            )
         records += real
         sources.append(f"manifest {args.manifest.name}: {len(real)} real pairs")
     if args.images:

@@ -175,7 +175,20 @@ class DegradationRange:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DegradationRange:
         """Rebuild from :meth:`as_dict` output."""
-        return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in data.items()})
+
+        def pair(key: str) -> tuple[float, float]:
+            low, high = data[key]
+            return float(low), float(high)
+
+        return cls(
+            noise_a=pair("noise_a"),
+            noise_b=pair("noise_b"),
+            blur_sigma=pair("blur_sigma"),
+            downsample_probability=float(data["downsample_probability"]),
+            exposure_probability=float(data["exposure_probability"]),
+            gamma=pair("gamma"),
+            offset_max=float(data["offset_max"]),
+        )
 
 
 def smooth_field(shape: tuple[int, int], rng: np.random.Generator, order: int = 2) -> np.ndarray:

@@ -22,6 +22,7 @@ absolute difference for a few test cases.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -110,7 +111,7 @@ class EvaluationResult:
 
     test_images: int
     results: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    per_image: dict[str, dict[str, list[dict[str, float | str]]]] = field(default_factory=dict)
+    per_image: dict[str, list[dict[str, float | str]]] = field(default_factory=dict)
     nlm: dict[str, dict[str, float]] = field(default_factory=dict)
     bm3d: dict[str, dict[str, float]] = field(default_factory=dict)
     models: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -171,7 +172,7 @@ def onnx_restorer(path: Path, threads: int | None = None) -> Restorer:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         multiple = int(read_metadata(path).get("size_multiple", "256"))
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+    except Exception as exc:
         raise ValueError(f"The model {path} cannot be loaded: {exc}") from exc
 
     def run(image: np.ndarray) -> np.ndarray:
@@ -411,16 +412,20 @@ def run_evaluation(
         val_examples = make_examples(val, images, degradation, seed=seed + 1)
         test_examples = make_examples(test, images, degradation, seed=seed)
         nlm_factor, nlm_scores = tune_factor(nlm, val_examples, NLM_FACTORS)
-        result.nlm[label] = {"factor": nlm_factor, **{f"val_psnr@{k}": v for k, v in nlm_scores.items()}}
+        result.nlm[label] = {
+            "factor": nlm_factor,
+            **{f"val_psnr@{k}": v for k, v in nlm_scores.items()},
+        }
         logger.info("%s: NLM h = %.2f·σ̂ (val PSNR %s)", label, nlm_factor, nlm_scores)
-        restorers: dict[str, Restorer] = {NLM: lambda x, f=nlm_factor: nlm(x, f)}
+        restorers: dict[str, Restorer] = {NLM: functools.partial(nlm, factor=nlm_factor)}
         if use_bm3d:
             bm3d_factor, bm3d_scores = tune_factor(bm3d_denoise, val_examples, BM3D_FACTORS)
             result.bm3d[label] = {
-                "factor": bm3d_factor, **{f"val_psnr@{k}": v for k, v in bm3d_scores.items()}
+                "factor": bm3d_factor,
+                **{f"val_psnr@{k}": v for k, v in bm3d_scores.items()},
             }
             logger.info("%s: BM3D σ = %.2f·σ̂ (val PSNR %s)", label, bm3d_factor, bm3d_scores)
-            restorers[BM3D] = lambda x, f=bm3d_factor: bm3d_denoise(x, f)
+            restorers[BM3D] = functools.partial(bm3d_denoise, factor=bm3d_factor)
         restorers.update(generators)
         summary, rows, panels = evaluate_examples(test_examples, restorers, settings.grid_cases)
         result.results[label] = summary

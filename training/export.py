@@ -83,7 +83,10 @@ class ExportSettings:
             raise ValueError(f"version must be 1 to 64 characters; got {self.version!r}.")
         if self.opset < MIN_OPSET:
             raise ValueError(f"opset must be {MIN_OPSET} or newer; got {self.opset}.")
-        for label, value in (("tolerance", self.tolerance), ("fp16_tolerance", self.fp16_tolerance)):
+        for label, value in (
+            ("tolerance", self.tolerance),
+            ("fp16_tolerance", self.fp16_tolerance),
+        ):
             if value is not None and not 0 < value < 1:
                 raise ValueError(f"{label} must be in (0, 1); got {value}.")
 
@@ -129,7 +132,8 @@ class ExportReport:
     def lines(self) -> list[str]:
         """Human-readable summary."""
         out = [
-            f"wrote {self.output} ({self.output.stat().st_size / 1e6:.1f} MB, sha256 {self.sha256})",
+            f"wrote {self.output} ({self.output.stat().st_size / 1e6:.1f} MB, "
+            f"sha256 {self.sha256})",
             f"parity fp32: max |onnx - torch| = {self.parity.max_difference:.2e} "
             f"<= {self.parity.tolerance:.0e} on {len(self.parity.differences)} inputs",
         ]
@@ -170,7 +174,9 @@ def to_onnx_model(generator: ResidualEnhancer, opset: int = MIN_OPSET) -> onnx.M
     return model
 
 
-def convert_fp16(model: onnx.ModelProto, keep_fp32: Sequence[str] = FP32_KEEP_OPS) -> onnx.ModelProto:
+def convert_fp16(
+    model: onnx.ModelProto, keep_fp32: Sequence[str] = FP32_KEEP_OPS
+) -> onnx.ModelProto:
     """A float16 copy of a float32 model whose input and output stay float32.
 
     Float initializers and Constant tensors become float16; a Cast after the
@@ -229,7 +235,9 @@ def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key, value in props.items():
         if not isinstance(value, str):
-            raise TypeError(f"Metadata value of {key!r} must be a string; got {type(value).__name__}.")
+            raise TypeError(
+                f"Metadata value of {key!r} must be a string; got {type(value).__name__}."
+            )
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
 
@@ -274,9 +282,9 @@ def parity_inputs(real: Sequence[np.ndarray], seed: int = 0) -> dict[str, np.nda
         crop = image[top : top + rows, left : left + cols]
         pad_r, pad_c = -rows % SIZE_MULTIPLE, -cols % SIZE_MULTIPLE
         padded = np.pad(crop, ((0, pad_r), (0, pad_c)), mode="reflect")
-        inputs[f"real #{index + 1} {padded.shape[0]}x{padded.shape[1]}"] = padded[None, None].astype(
-            np.float32
-        )
+        inputs[f"real #{index + 1} {padded.shape[0]}x{padded.shape[1]}"] = padded[
+            None, None
+        ].astype(np.float32)
     return inputs
 
 
@@ -297,7 +305,7 @@ def check_parity(
     result = ParityResult(label, tolerance)
     try:
         session = _session(model)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+    except Exception as exc:
         raise ExportError(f"onnxruntime cannot load the {label} model: {exc}") from exc
     generator = generator.eval().cpu()
     for name, array in inputs.items():
@@ -305,7 +313,7 @@ def check_parity(
             expected = generator(torch.from_numpy(array)).numpy()
         try:
             (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: array})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ExportError(f"onnxruntime cannot run the {label} model on {name}: {exc}") from exc
         if actual.shape != expected.shape or actual.dtype != np.float32:
             raise ExportError(
@@ -355,9 +363,7 @@ def build_metadata(
         "discriminator": None
         if l1_only
         else {"type": "conditional PatchGAN 70x70", "ndf": train_config.get("ndf")},
-        "loss": "L1"
-        if l1_only
-        else f"vanilla GAN + {train_config.get('lambda_l1', 100.0):g} * L1",
+        "loss": "L1" if l1_only else f"vanilla GAN + {train_config.get('lambda_l1', 100.0):g} * L1",
     }
     training = {
         key: train_config.get(key)
@@ -396,7 +402,9 @@ def build_metadata(
     }
 
 
-def _parity_images(meta: dict[str, Any], paths: Sequence[Path], checkpoint: Path) -> list[np.ndarray]:
+def _parity_images(
+    meta: dict[str, Any], paths: Sequence[Path], checkpoint: Path
+) -> list[np.ndarray]:
     if paths:
         return [read_any(p).pixels for p in paths]
     split_file = checkpoint.resolve().parent / "split.json"

@@ -276,7 +276,8 @@ def init_generator(generator: ResidualEnhancer) -> None:
     generator is close to the identity.
     """
     init_weights(generator, "kaiming" if generator.config.norm == "none" else "normal")
-    last = generator.unet.up[-1][1]
+    outermost = generator.unet.up[-1]
+    last = outermost[1] if isinstance(outermost, nn.Sequential) else None
     if isinstance(last, nn.ConvTranspose2d):
         with torch.no_grad():
             last.weight.mul_(0.1)

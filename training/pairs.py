@@ -306,7 +306,7 @@ def read_groups(path: Path) -> dict[str, str]:
 def _dicom_patient(path: Path) -> str | None:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
-    except Exception:
+    except Exception:  # noqa: BLE001 - unreadable files are skipped
         return None
     value = str(ds.get("PatientID", "") or "").strip()
     return value or None
@@ -425,7 +425,7 @@ def archive_records(config_path: Path | None) -> list[PairRecord]:
 def _is_chest(path: Path) -> bool:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["BodyPartExamined"])
-    except Exception:
+    except Exception:  # noqa: BLE001 - unreadable files are skipped
         return False
     part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     return part in ("", "CHEST", "THORAX")

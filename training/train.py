@@ -222,6 +222,60 @@ def lr_factor(epoch: int, epochs: int, epochs_decay: int) -> float:
     return max(0.0, 1.0 - (epoch - epochs + 1) / (epochs_decay + 1))
 
 
+def train_step(
+    generator: nn.Module,
+    discriminator: nn.Module | None,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer | None,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    lambda_l1: float,
+    autocast: AbstractContextManager[Any] | None = None,
+) -> dict[str, float]:
+    """One optimisation step of pix2pix (or of L1 alone without a discriminator).
+
+    The discriminator is updated first on the real pair and the detached
+    fake (in one forward pass, which DistributedDataParallel requires), with
+    the vanilla GAN loss halved as in pix2pix; then the generator on
+    ``GAN + lambda_l1 · L1``.
+
+    Returns
+    -------
+    dict[str, float]
+        ``loss_l1``, ``loss_gan`` and ``loss_d`` of this step.
+    """
+    context = autocast or nullcontext()
+    bce = nn.functional.binary_cross_entropy_with_logits
+    with context:
+        fake = generator(low)
+    loss_d = torch.zeros((), device=low.device)
+    if discriminator is not None and opt_d is not None:
+        with context:
+            logits = discriminator(torch.cat([low, low]), torch.cat([high, fake.detach()])).float()
+        real_logits, fake_logits = logits.chunk(2)
+        loss_d = 0.5 * (
+            bce(real_logits, torch.ones_like(real_logits))
+            + bce(fake_logits, torch.zeros_like(fake_logits))
+        )
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+    loss_l1 = nn.functional.l1_loss(fake.float(), high.float())
+    loss_gan = torch.zeros((), device=low.device)
+    if discriminator is not None:
+        with context:
+            fake_logits = discriminator(low, fake).float()
+        loss_gan = bce(fake_logits, torch.ones_like(fake_logits))
+    opt_g.zero_grad(set_to_none=True)
+    (loss_gan + lambda_l1 * loss_l1).backward()
+    opt_g.step()
+    return {
+        "loss_l1": float(loss_l1.detach()),
+        "loss_gan": float(loss_gan.detach()),
+        "loss_d": float(loss_d.detach()),
+    }
+
+
 @torch.no_grad()
 def enhance(generator: nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
     """Run the generator on a full-size [0, 1] image (reflect-padded to 256 multiples)."""
@@ -372,16 +426,21 @@ def train(
         else []
     )
 
-    generator: nn.Module = ResidualEnhancer(config.generator)
-    init_generator(generator)
+    enhancer = ResidualEnhancer(config.generator)
+    init_generator(enhancer)
+    generator: nn.Module = enhancer
     discriminator: nn.Module | None = None
     if not config.l1_only:
         discriminator = PatchDiscriminator(config.ndf)
         init_weights(discriminator)
     memory_format = torch.channels_last if cuda else torch.contiguous_format
-    generator.to(device, memory_format=memory_format)
+    generator.to(device)
     if discriminator is not None:
-        discriminator.to(device, memory_format=memory_format)
+        discriminator.to(device)
+    if cuda:
+        generator.to(memory_format=memory_format)  # type: ignore[call-overload]
+        if discriminator is not None:
+            discriminator.to(memory_format=memory_format)  # type: ignore[call-overload]
     betas = (config.beta1, 0.999)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas)
     opt_d = (
@@ -456,7 +515,6 @@ def train(
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * (config.total_epochs - start_epoch)
     bar = _progress(total_steps, enabled=progress and info.is_main)
-    bce = nn.BCEWithLogitsLoss()
     autocast: AbstractContextManager[Any] = (
         torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     )
@@ -477,37 +535,9 @@ def train(
         for low, high in loader:
             low = low.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             high = high.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            with autocast:
-                fake = generator(low)
-            loss_d = torch.zeros((), device=device)
-            if discriminator is not None and opt_d is not None:
-                with autocast:
-                    logits = discriminator(
-                        torch.cat([low, low]), torch.cat([high, fake.detach()])
-                    ).float()
-                real_logits, fake_logits = logits.chunk(2)
-                loss_d = 0.5 * (
-                    bce(real_logits, torch.ones_like(real_logits))
-                    + bce(fake_logits, torch.zeros_like(fake_logits))
-                )
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-            loss_l1 = nn.functional.l1_loss(fake.float(), high)
-            loss_gan = torch.zeros((), device=device)
-            if discriminator is not None:
-                with autocast:
-                    fake_logits = discriminator(low, fake).float()
-                loss_gan = bce(fake_logits, torch.ones_like(fake_logits))
-            loss_g = loss_gan + config.lambda_l1 * loss_l1
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            values = {
-                "loss_l1": float(loss_l1.detach()),
-                "loss_gan": float(loss_gan.detach()),
-                "loss_d": float(loss_d.detach()),
-            }
+            values = train_step(
+                generator, discriminator, opt_g, opt_d, low, high, config.lambda_l1, autocast
+            )
             for key, value in values.items():
                 sums[key] += value
             count += 1

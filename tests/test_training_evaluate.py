@@ -1,0 +1,129 @@
+"""Evaluation on a tiny test split: metrics, baselines, the table, the grid, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from training.cli import main
+from training.data import load_images, make_examples
+from training.degrade import Degradation
+from training.evaluate import (
+    BM3D,
+    INPUT,
+    L1,
+    NLM,
+    PIX2PIX,
+    EvaluationSettings,
+    nlm,
+    run_evaluation,
+    tune_factor,
+)
+from training.export import export_checkpoint
+from training.metrics import psnr, ssim
+from training.networks import GeneratorConfig
+from training.pairs import folder_records, split_records
+from training.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("eval_run")
+    for index in range(6):
+        smooth = ndimage.gaussian_filter(np.random.default_rng(index).random((200, 180)), 4.0)
+        smooth = (smooth - smooth.min()) / np.ptp(smooth)
+        Image.fromarray(np.rint((0.1 + 0.8 * smooth) * 255).astype(np.uint8)).save(
+            root / f"img_{index}.png"
+        )
+    split = split_records(folder_records([root]), (0.5, 0.25, 0.25), seed=1)
+    config = TrainConfig(
+        epochs=1, epochs_decay=0, generator=GeneratorConfig(ngf=4), l1_only=True,
+        val_degradation=Degradation(),
+    )
+    train(config, split, root / "run", progress=False)
+    export_checkpoint(root / "run" / "best.pt", root / "run" / "model.onnx")
+    return root / "run"
+
+
+def test_metrics_declare_the_data_range() -> None:
+    reference = np.full((32, 32), 0.5)
+    image = reference + 0.01
+    assert psnr(reference, image) == pytest.approx(40.0)
+    assert psnr(reference, reference) == float("inf")
+    assert ssim(reference, reference) == pytest.approx(1.0)
+    # The same error scores the same whatever the images' own ranges are.
+    assert psnr(reference * 0.1, image * 0.1 + 0.009) == pytest.approx(40.0)
+    with pytest.raises(ValueError, match="same shape"):
+        psnr(reference, reference[:8])
+
+
+def test_nlm_is_tuned_on_validation_crops() -> None:
+    rng = np.random.default_rng(0)
+    clean = ndimage.gaussian_filter(rng.random((96, 96)), 4.0)
+    clean = 0.2 + 0.6 * (clean - clean.min()) / np.ptp(clean)
+    noisy = np.clip(clean + rng.normal(0, 0.03, clean.shape), 0, 1).astype(np.float32)
+    from training.data import Example
+
+    examples = [Example("x", noisy, clean.astype(np.float32), 8)]
+    best, scores = tune_factor(nlm, examples, (0.1, 1.0))
+    assert best == 1.0 and scores["1"] > scores["0.1"] > psnr(clean, noisy)
+
+
+def test_evaluation_table_on_a_tiny_set(run: Path, tmp_path: Path) -> None:
+    settings = EvaluationSettings(
+        settings=((0.002, 2e-5, 0.8),), tune_images=1, grid_cases=1, seed=5
+    )
+    out = tmp_path / "eval"
+    result = run_evaluation(run, run / "model.onnx", out, settings, l1_model=run / "best.pt")
+    label = Degradation(0.002, 2e-5, 0.8).label()
+    methods = result.results[label]
+    assert list(methods) == [INPUT, NLM, BM3D, L1, PIX2PIX]
+    assert result.test_images == 1
+    assert 1.0 >= methods[NLM]["ssim"] > methods[INPUT]["ssim"]
+    assert methods[NLM]["psnr"] > methods[INPUT]["psnr"]
+    # The input row is exactly the metric of the degraded test image.
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    test_records = [r for r in split["records"] if r["split"] == "test"]
+    from training.pairs import PairRecord
+
+    records = [PairRecord(**r) for r in test_records]
+    images = load_images(r.high for r in records)
+    (example,) = make_examples(records, images, Degradation(0.002, 2e-5, 0.8), seed=5)
+    assert methods[INPUT]["psnr"] == pytest.approx(psnr(example.reference, example.degraded))
+    assert result.nlm[label]["factor"] in (0.5, 0.7, 0.85, 1.0, 1.2, 1.5)
+    # The checkpoint and the ONNX export of the same generator score the same.
+    assert methods[L1]["psnr"] == pytest.approx(methods[PIX2PIX]["psnr"], abs=1e-3)
+
+    table = result.table()
+    for name in (INPUT, NLM, BM3D, L1, PIX2PIX, label, "ΔPSNR vs NLM"):
+        assert name in table
+    saved = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert saved["results"][label][NLM]["psnr"] == pytest.approx(methods[NLM]["psnr"])
+    assert "data_range=1.0" in saved["metric_definitions"]["psnr"]
+    assert (out / "evaluation.md").read_text(encoding="utf-8").strip() == table
+    with Image.open(out / "grid_1.png") as grid:
+        # 7 panels: input, NLM, BM3D, L1, pix2pix, reference, difference.
+        assert grid.mode == "L" and grid.width == 7 * (180 + 4)
+
+
+def test_cli_evaluate_and_its_errors(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["evaluate", "--run-dir", str(run), "--model", str(run / "model.onnx"),
+            "--setting", "0.004,5e-5,1.2", "--no-bm3d", "--tune-images", "1",
+            "--grid-cases", "0", "--output-dir", str(tmp_path / "e")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| a=0.004 b=5e-05 σ=1.2 | pix2pix generator |" in out and BM3D not in out
+    assert not list((tmp_path / "e").glob("grid_*.png"))
+    assert main(["evaluate", "--run-dir", str(tmp_path), "--model", str(run / "model.onnx")]) == 1
+    assert capsys.readouterr().err.startswith("dicom-node-train: error:")
+    assert main(["evaluate", "--run-dir", str(run), "--model", str(tmp_path / "none.onnx")]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--run-dir", str(run), "--model", "m.onnx", "--setting", "1,2"])
+    assert exit_info.value.code == 2

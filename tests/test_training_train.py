@@ -1,0 +1,155 @@
+"""The training loop: steps lower the loss, a tiny run writes and resumes, the CLI fails cleanly."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from training.cli import main
+from training.data import CropDataset, load_images, record_paths
+from training.degrade import Degradation, DegradationRange
+from training.networks import GeneratorConfig, PatchDiscriminator, ResidualEnhancer, init_generator
+from training.pairs import folder_records, split_records
+from training.train import TrainConfig, load_generator, lr_factor, train, train_step
+
+
+def _write_images(folder: Path, count: int, size: tuple[int, int] = (300, 280)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        rng = np.random.default_rng(index)
+        smooth = ndimage.gaussian_filter(rng.random(size), 6.0)
+        smooth = (smooth - smooth.min()) / np.ptp(smooth)
+        path = folder / f"cxr_{index:02d}.png"
+        Image.fromarray(np.rint((0.1 + 0.8 * smooth) * 65535 / 16).astype(np.uint16)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_l1_loss() -> None:
+    torch.manual_seed(0)
+    clean = torch.from_numpy(
+        ndimage.gaussian_filter(np.random.default_rng(0).random((1, 1, 256, 256)), (0, 0, 4, 4))
+    ).float()
+    clean = (clean - clean.min()) / (clean.max() - clean.min())
+    noisy = (clean + 0.05 * torch.randn_like(clean)).clamp(0, 1)
+    generator = ResidualEnhancer(GeneratorConfig(ngf=4))
+    init_generator(generator)
+    discriminator = PatchDiscriminator(ndf=4)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    losses = [
+        train_step(generator, discriminator, opt_g, opt_d, noisy, clean, 100.0)
+        for _ in range(20)
+    ]
+    first, last = losses[0]["loss_l1"], losses[-1]["loss_l1"]
+    assert last < 0.9 * first
+    assert all(np.isfinite(v) for step in losses for v in step.values())
+    assert losses[-1]["loss_d"] > 0 and losses[-1]["loss_gan"] > 0
+    # The same step without a discriminator (L1 only) also learns.
+    l1_losses = [train_step(generator, None, opt_g, None, noisy, clean, 100.0) for _ in range(5)]
+    assert l1_losses[-1]["loss_gan"] == 0.0 and l1_losses[-1]["loss_l1"] < first
+
+
+def test_learning_rate_is_constant_then_decays_linearly() -> None:
+    factors = [lr_factor(epoch, 3, 3) for epoch in range(6)]
+    assert factors[:3] == [1.0, 1.0, 1.0]
+    assert factors[3] > factors[4] > factors[5] > 0.0
+    assert factors[3] - factors[4] == pytest.approx(factors[4] - factors[5])
+
+
+def test_crops_are_native_resolution_deterministic_and_keep_16_bit(tmp_path: Path) -> None:
+    _write_images(tmp_path, 2)
+    records = folder_records([tmp_path])
+    images = load_images(record_paths(records))
+    assert {im.bits_stored for im in images.values()} == {12}
+    dataset = CropDataset(records, images, 256, DegradationRange(), length=4, seed=5)
+    low, high = dataset[1]
+    again_low, _ = dataset[1]
+    assert low.shape == high.shape == (1, 256, 256)
+    torch.testing.assert_close(low, again_low, rtol=0, atol=0)
+    # Reference values are the 12-bit source values, not 8-bit truncations.
+    steps = high.numpy() * 4095
+    np.testing.assert_allclose(steps, np.rint(steps), atol=1e-3)
+    assert len(np.unique(np.rint(steps))) > 256
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[1][0], low)
+
+
+def test_tiny_run_writes_logs_checkpoints_and_resumes(tmp_path: Path) -> None:
+    _write_images(tmp_path / "data", 7)
+    records = folder_records([tmp_path / "data"])
+    split = split_records(records, (0.6, 0.2, 0.2), seed=0)
+    config = TrainConfig(
+        epochs=1,
+        epochs_decay=1,
+        batch_size=2,
+        crop=256,
+        generator=GeneratorConfig(ngf=4),
+        ndf=4,
+        val_degradation=Degradation(0.002, 2e-5, 0.8),
+    )
+    run = tmp_path / "run"
+    result = train(config, split, run, data_summary={"images": 7}, progress=False)
+    assert result.best_epoch in (1, 2) and np.isfinite(result.best_metrics["val_psnr"])
+    for name in ("split.json", "config.json", "log.csv", "best.pt", "last.pt"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    with (run / "log.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["lr"]) < float(rows[0]["lr"]) == pytest.approx(2e-4)
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert saved["train"]["generator"]["ngf"] == 4 and saved["data"] == {"images": 7}
+    assert TrainConfig.from_dict(saved["train"]) == config
+    generator, meta = load_generator(run / "best.pt")
+    assert generator.config.ngf == 4 and "metrics" in meta
+
+    longer = TrainConfig(**{**config.__dict__, "epochs_decay": 2})
+    resumed = train(longer, split, run, resume=run / "last.pt", progress=False)
+    with (run / "log.csv").open(encoding="utf-8") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3]
+    assert len(resumed.history) == 3
+    wider = TrainConfig(**{**config.__dict__, "generator": GeneratorConfig(ngf=8)})
+    with pytest.raises(ValueError, match="differs"):
+        train(wider, split, run, resume=run / "last.pt", progress=False)
+
+
+def test_cli_trains_l1_only_and_reports_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    _write_images(data, 5)
+    run = tmp_path / "run"
+    args = ["train", "--images", str(data), "--run-dir", str(run), "--l1-only", "--ngf", "4",
+            "--epochs", "1", "--epochs-decay", "0", "--no-progress", "--split", "0.6", "0.2", "0.2"]
+    assert main(args) == 0
+    assert "best epoch 1" in capsys.readouterr().out
+    checkpoint = torch.load(run / "last.pt", weights_only=False)
+    assert checkpoint["discriminator"] is None
+    # A second run into the same directory must not overwrite it.
+    assert main(args) == 1
+    assert "already holds a run" in capsys.readouterr().err
+
+    assert main(["train", "--images", str(tmp_path / "missing"), "--run-dir", str(run / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dicom-node-train: error:") and len(err.splitlines()) == 1
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--run-dir", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    assert "dicom-node-train: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--images", str(data), "--run-dir", str(tmp_path / "r"), "--crop", "300"])
+    assert exit_info.value.code == 2
+    assert "multiple of 256" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--images", str(data), "--run-dir", str(tmp_path / "r"), "--noise-a", "x"])
+    assert exit_info.value.code == 2
