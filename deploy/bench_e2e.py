@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import pydicom  # noqa: E402
-from helpers.peers import LOOPBACK, NodeProcess, Orthanc, free_port, storescu  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
+import pydicom
+from helpers.peers import LOOPBACK, NodeProcess, Orthanc, free_port, storescu
+from pydicom.uid import generate_uid
 
-from dicom_node.config import CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING  # noqa: E402
+from dicom_node.config import CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING
 
 RG1 = Path("/work/shared/data/dicom/RG1_UNCI.dcm")
 
@@ -78,7 +78,8 @@ def main() -> None:
             inference = [float(e["inference_ms"]) for e in stored if "inference_ms" in e]
             print(
                 f"RG1 1955x1841 end to end (storescu start -> derived stored in Orthanc): "
-                f"median {statistics.median(times):.2f} s, best {min(times):.2f} s over {len(times)} runs; "
+                f"median {statistics.median(times):.2f} s, best {min(times):.2f} s "
+                f"over {len(times)} runs; "
                 f"inference median {statistics.median(inference) / 1000:.2f} s"
             )
         finally:

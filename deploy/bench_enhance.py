@@ -78,7 +78,10 @@ def main() -> None:
         print(json.dumps(_case(args.case, args.model, args.repeat)))
         return
     print(f"host: {os.cpu_count()} CPU(s) visible; OMP/ORT threads default")
-    print(f"{'case':<14} {'provider':<22} {'tiles':>5} {'best s':>8} {'median s':>9} {'peak RSS MiB':>13}")
+    print(
+        f"{'case':<14} {'provider':<22} {'tiles':>5} {'best s':>8} {'median s':>9} "
+        f"{'peak RSS MiB':>13}"
+    )
     for case in args.cases.split(","):
         cmd = [sys.executable, __file__, "--case", case, "--repeat", str(args.repeat)]
         if args.model:

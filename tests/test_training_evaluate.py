@@ -42,7 +42,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     split = split_records(folder_records([root]), (0.5, 0.25, 0.25), seed=1)
     config = TrainConfig(
-        epochs=1, epochs_decay=0, generator=GeneratorConfig(ngf=4), l1_only=True,
+        epochs=1,
+        epochs_decay=0,
+        generator=GeneratorConfig(ngf=4),
+        l1_only=True,
         val_degradation=Degradation(),
     )
     train(config, split, root / "run", progress=False)
@@ -76,13 +79,21 @@ def test_nlm_is_tuned_on_validation_crops() -> None:
 
 def test_evaluation_table_on_a_tiny_set(run: Path, tmp_path: Path) -> None:
     settings = EvaluationSettings(
-        settings=((0.002, 2e-5, 0.8),), tune_images=1, grid_cases=1, seed=5
+        settings=((0.002, 2e-5, 0.8), (0.004, 5e-5, 1.2)),
+        bm3d_settings=((0.002, 2e-5, 0.8),),
+        tune_images=1,
+        grid_cases=1,
+        seed=5,
+        max_images=1,
     )
     out = tmp_path / "eval"
     result = run_evaluation(run, run / "model.onnx", out, settings, l1_model=run / "best.pt")
     label = Degradation(0.002, 2e-5, 0.8).label()
     methods = result.results[label]
     assert list(methods) == [INPUT, NLM, BM3D, L1, PIX2PIX]
+    harsher = result.results[Degradation(0.004, 5e-5, 1.2).label()]
+    assert list(harsher) == [INPUT, NLM, L1, PIX2PIX]  # BM3D only where asked for
+    assert harsher[INPUT]["psnr"] < methods[INPUT]["psnr"]
     assert result.test_images == 1
     assert 1.0 >= methods[NLM]["ssim"] > methods[INPUT]["ssim"]
     assert methods[NLM]["psnr"] > methods[INPUT]["psnr"]
@@ -91,7 +102,7 @@ def test_evaluation_table_on_a_tiny_set(run: Path, tmp_path: Path) -> None:
     test_records = [r for r in split["records"] if r["split"] == "test"]
     from training.pairs import PairRecord
 
-    records = [PairRecord(**r) for r in test_records]
+    records = [PairRecord(**r) for r in test_records][:1]
     images = load_images(r.high for r in records)
     (example,) = make_examples(records, images, Degradation(0.002, 2e-5, 0.8), seed=5)
     assert methods[INPUT]["psnr"] == pytest.approx(psnr(example.reference, example.degraded))
@@ -114,9 +125,22 @@ def test_evaluation_table_on_a_tiny_set(run: Path, tmp_path: Path) -> None:
 def test_cli_evaluate_and_its_errors(
     run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["evaluate", "--run-dir", str(run), "--model", str(run / "model.onnx"),
-            "--setting", "0.004,5e-5,1.2", "--no-bm3d", "--tune-images", "1",
-            "--grid-cases", "0", "--output-dir", str(tmp_path / "e")]
+    args = [
+        "evaluate",
+        "--run-dir",
+        str(run),
+        "--model",
+        str(run / "model.onnx"),
+        "--setting",
+        "0.004,5e-5,1.2",
+        "--no-bm3d",
+        "--tune-images",
+        "1",
+        "--grid-cases",
+        "0",
+        "--output-dir",
+        str(tmp_path / "e"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| a=0.004 b=5e-05 σ=1.2 | pix2pix generator |" in out and BM3D not in out
@@ -127,3 +151,45 @@ def test_cli_evaluate_and_its_errors(
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--run-dir", str(run), "--model", "m.onnx", "--setting", "1,2"])
     assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "evaluate",
+                "--run-dir",
+                str(run),
+                "--model",
+                "m.onnx",
+                "--setting",
+                "0.002,2e-5,0.8",
+                "--bm3d-setting",
+                "0.004,5e-5,1.2",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "not one of the settings" in capsys.readouterr().err
+
+
+def test_real_pairs_form_their_own_group(run: Path, tmp_path: Path) -> None:
+    from training.evaluate import REAL_PAIRS
+    from training.pairs import PairRecord, Split
+
+    records = []
+    for index, split in enumerate(("val", "test", "test")):
+        rng = np.random.default_rng(10 + index)
+        clean = ndimage.gaussian_filter(rng.random((160, 150)), 4.0)
+        clean = 0.2 + 0.6 * (clean - clean.min()) / np.ptp(clean)
+        noisy = np.clip(clean + rng.normal(0, 0.03, clean.shape), 0, 1)
+        paths = []
+        for name, array in (("high", clean), ("low", noisy)):
+            path = tmp_path / f"{name}_{index}.png"
+            Image.fromarray(np.rint(array * 255).astype(np.uint8)).save(path)
+            paths.append(str(path))
+        records.append(PairRecord(paths[0], paths[1], f"g{index}", split))
+    real_run = tmp_path / "real_run"
+    real_run.mkdir()
+    Split(0, (0.0, 0.5, 0.5), records).save(real_run / "split.json")
+    settings = EvaluationSettings(bm3d=False, grid_cases=0, tune_images=1)
+    result = run_evaluation(real_run, run / "model.onnx", tmp_path / "out", settings)
+    assert list(result.results) == [REAL_PAIRS]
+    scores = result.results[REAL_PAIRS]
+    assert result.test_images == 2 and scores[NLM]["psnr"] > scores[INPUT]["psnr"]

@@ -41,7 +41,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Image.fromarray(np.rint(smooth * 255).astype(np.uint8)).save(root / f"img_{index}.png")
     split = split_records(folder_records([root]), (0.6, 0.2, 0.2), seed=0)
     config = TrainConfig(
-        epochs=1, epochs_decay=0, generator=GeneratorConfig(ngf=4), ndf=4,
+        epochs=1,
+        epochs_decay=0,
+        generator=GeneratorConfig(ngf=4),
+        ndf=4,
         val_degradation=Degradation(),
     )
     train(config, split, root / "run", data_summary={"images": 5}, progress=False)

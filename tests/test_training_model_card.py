@@ -39,15 +39,19 @@ def test_model_is_small_and_its_hash_is_in_the_card(card: str) -> None:
     assert hashes == [file_sha256(MODEL)]
 
 
-def test_metadata_satisfies_the_node_and_matches_the_card(
-    card: str, props: dict[str, str]
-) -> None:
+def test_metadata_satisfies_the_node_and_matches_the_card(card: str, props: dict[str, str]) -> None:
     meta = ModelMetadata.from_props(props, MODEL, file_sha256(MODEL))
     assert props["pixel_convention"] == CONVENTION
     assert meta.size_multiple == 256
     assert f"`{meta.name}`" in card and f"`{meta.version}`" in card
-    for key in ("training_data", "degradation", "metrics", "training_commit", "architecture",
-                "created_at"):
+    for key in (
+        "training_data",
+        "degradation",
+        "metrics",
+        "training_commit",
+        "architecture",
+        "created_at",
+    ):
         assert props[key], key
     architecture = json.loads(props["architecture"])
     assert architecture["generator"]["norm"] == "none"
@@ -77,8 +81,13 @@ def test_card_table_is_the_measured_table_and_meets_the_bar(
 def test_card_keeps_attributions_and_intended_use(card: str) -> None:
     for prefix in ("nih_", "mhh_", "tbx11k_", "covidcxr_", "rsna_", "wg04_"):
         assert f"`{prefix}`" in card, prefix
-    for text in ("Wang et al", "10.6084/m9.figshare.12275009", "CC BY", "pydicom-data",
-                 "not for primary diagnosis"):
+    for text in (
+        "Wang et al",
+        "10.6084/m9.figshare.12275009",
+        "CC BY",
+        "pydicom-data",
+        "not for primary diagnosis",
+    ):
         assert text in card, text
 
 

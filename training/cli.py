@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue from a last.pt (its run's split is reused)",
     )
+    run.add_argument(
+        "--start-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="initialise the generator from this checkpoint (e.g. an L1-only run)",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     run.add_argument("--workers", type=_non_negative_int, default=0, help="data loader workers")
@@ -165,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="crops of each training image per epoch",
     )
     opt.add_argument("--lr", type=float, default=2e-4)
+    opt.add_argument("--lr-d", type=float, help="discriminator learning rate (default: --lr)")
     opt.add_argument("--beta1", type=float, default=0.5)
     opt.add_argument("--lambda-l1", type=float, default=100.0)
     opt.add_argument("--l1-only", action="store_true", help="no discriminator, L1 loss only")
@@ -269,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--no-bm3d", action="store_true", help="skip the BM3D baseline")
     ev.add_argument(
+        "--bm3d-setting",
+        type=_setting,
+        action="append",
+        metavar="A,B,SIGMA",
+        help="run BM3D only at this setting (repeatable; default: every setting)",
+    )
+    ev.add_argument(
         "--max-images",
         type=_non_negative_int,
         default=0,
@@ -314,6 +328,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             crop=args.crop,
             crops_per_image=args.crops_per_image,
             lr=args.lr,
+            lr_d=args.lr_d,
             beta1=args.beta1,
             lambda_l1=args.lambda_l1,
             l1_only=args.l1_only,
@@ -351,13 +366,27 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 f"{args.run_dir} already holds a run; use --resume {args.run_dir / 'last.pt'} "
                 "or another --run-dir."
             )
-        split, summary = _build_split(args)
+        previous = args.start_from.resolve().parent if args.start_from else None
+        if previous is not None and (previous / "split.json").is_file():
+            # Fine-tuning keeps the split of the run it starts from, so its
+            # validation and test patients stay unseen.
+            split = Split.load(previous / "split.json")
+            config_file = previous / "config.json"
+            summary = (
+                json.loads(config_file.read_text(encoding="utf-8")).get("data", {})
+                if config_file.is_file()
+                else {}
+            )
+            logger.info("Reusing the split of %s.", previous)
+        else:
+            split, summary = _build_split(args)
     logger.info("Split: %s", json.dumps(split.summary()))
     result = train(
         config,
         split,
         args.run_dir,
         resume=args.resume,
+        start_from=args.start_from,
         data_summary=summary,
         progress=not args.no_progress,
     )
@@ -463,15 +492,19 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     """Evaluate on the test split and print the table."""
     from training.evaluate import DEFAULT_SETTINGS, EvaluationSettings, run_evaluation
 
-    settings = EvaluationSettings(
-        settings=tuple(args.setting) if args.setting else DEFAULT_SETTINGS,
-        bm3d=not args.no_bm3d,
-        max_images=args.max_images,
-        tune_images=args.tune_images,
-        grid_cases=args.grid_cases,
-        seed=args.seed,
-        threads=args.threads,
-    )
+    try:
+        settings = EvaluationSettings(
+            settings=tuple(args.setting) if args.setting else DEFAULT_SETTINGS,
+            bm3d=not args.no_bm3d,
+            bm3d_settings=tuple(args.bm3d_setting) if args.bm3d_setting else None,
+            max_images=args.max_images,
+            tune_images=args.tune_images,
+            grid_cases=args.grid_cases,
+            seed=args.seed,
+            threads=args.threads,
+        )
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
     output = args.output_dir or args.run_dir / "eval"
     result = run_evaluation(args.run_dir, args.model, output, settings, l1_model=args.l1_model)
     print(result.table())

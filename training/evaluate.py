@@ -1,8 +1,9 @@
 """Honest evaluation on the held-out test split, against simple baselines.
 
 For each degradation setting the test images of a run's ``split.json`` (never
-seen in training or model selection) are degraded with a fixed seed and
-restored by:
+seen in training or model selection) are degraded with a fixed seed; test
+records that are real acquired pairs form one more row group, ``real pairs``,
+with their own low-quality images. Every group is restored by:
 
 * nothing (the degraded input itself);
 * non-local means (scikit-image ``denoise_nl_means``, 5×5 patches, search
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.model_meta import INPUT_NAME, OUTPUT_NAME, file_sha256
+from dicom_node.model_meta import file_sha256
 from training.data import Example, load_images, make_examples, record_paths
 from training.degrade import Degradation
 from training.metrics import METRIC_DEFINITIONS, psnr, ssim
@@ -59,6 +60,7 @@ NLM = "NLM (tuned on val)"
 BM3D = "BM3D (tuned on val)"
 L1 = "L1-only generator"
 PIX2PIX = "pix2pix generator"
+REAL_PAIRS = "real pairs"
 DIFF_GAIN = 10.0
 """The absolute-difference panel of the grids is multiplied by this."""
 
@@ -73,6 +75,9 @@ class EvaluationSettings:
         Degradation settings, each a row group of the table.
     bm3d : bool
         Include the BM3D baseline (skipped with a warning if not installed).
+    bm3d_settings : tuple of (a, b, sigma) or None
+        Run BM3D only at these settings (None: at every setting). BM3D takes
+        about a minute per 1024×1024 image on one CPU core.
     max_images : int
         Evaluate at most this many test images (0: all).
     tune_images : int
@@ -82,11 +87,12 @@ class EvaluationSettings:
     seed : int
         Seed of the degradations.
     threads : int or None
-        CPU threads for onnxruntime / torch.
+        CPU threads for PyTorch (checkpoints and the baselines run in this process).
     """
 
     settings: tuple[tuple[float, float, float], ...] = DEFAULT_SETTINGS
     bm3d: bool = True
+    bm3d_settings: tuple[tuple[float, float, float], ...] | None = None
     max_images: int = 0
     tune_images: int = 6
     grid_cases: int = 3
@@ -98,6 +104,9 @@ class EvaluationSettings:
             raise ValueError("At least one degradation setting is needed.")
         for setting in self.settings:
             Degradation(*setting)  # validates the values
+        for setting in self.bm3d_settings or ():
+            if setting not in self.settings:
+                raise ValueError(f"The BM3D setting {setting} is not one of the settings.")
         if self.max_images < 0 or self.grid_cases < 0 or self.tune_images < 1:
             raise ValueError(
                 "max_images and grid_cases must be >= 0 and tune_images >= 1; got "
@@ -152,51 +161,59 @@ class EvaluationResult:
 # --------------------------------------------------------------------------- restorers
 
 
-def onnx_restorer(path: Path, threads: int | None = None) -> Restorer:
-    """Run an exported model (CPU) on full-size images, reflect-padding as the node does.
+def onnx_restorer(path: Path) -> Restorer:
+    """Run an exported model exactly as the node does.
+
+    The node's own :class:`dicom_node.inference.Enhancer` loads the model
+    (checking its metadata), reflect-pads each image to the size multiple and,
+    for large images, runs overlapping tiles.
 
     Raises
     ------
     ValueError
-        If the file cannot be loaded by onnxruntime.
+        If the node refuses or cannot load the model.
     """
-    import onnxruntime as ort
+    from dicom_node.config import ModelSettings
+    from dicom_node.errors import ModelError
+    from dicom_node.inference import Enhancer
 
-    from training.export import read_metadata
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        multiple = int(read_metadata(path).get("size_multiple", "256"))
-    except Exception as exc:
-        raise ValueError(f"The model {path} cannot be loaded: {exc}") from exc
+        enhancer = Enhancer(ModelSettings(path=path, provider="auto", warmup=False))
+    except ModelError as exc:
+        raise ValueError(str(exc)) from exc
 
     def run(image: np.ndarray) -> np.ndarray:
-        rows, cols = image.shape
-        padded = np.pad(image, ((0, -rows % multiple), (0, -cols % multiple)), mode="reflect")
-        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: padded[None, None].astype(np.float32)})
-        return np.asarray(out[0, 0, :rows, :cols], dtype=np.float32)
+        return enhancer.enhance(np.asarray(image, dtype=np.float32))[0]
 
     return run
 
 
 def checkpoint_restorer(path: Path) -> Restorer:
-    """Run the generator of a training checkpoint with PyTorch (CPU)."""
+    """Run the generator of a training checkpoint with PyTorch (CPU).
+
+    Images are padded and cropped with the node's own functions
+    (:mod:`dicom_node.tiling`), so a checkpoint scores like its ONNX export
+    run by the node.
+    """
     import torch
 
-    from training.train import enhance, load_generator
+    from dicom_node.tiling import crop, pad_to_multiple
+    from training.networks import SIZE_MULTIPLE
+    from training.train import load_generator
 
     generator, _ = load_generator(path)
-    device = torch.device("cpu")
-    return lambda image: enhance(generator, image, device)
+
+    def run(image: np.ndarray) -> np.ndarray:
+        padded, pad = pad_to_multiple(np.asarray(image, dtype=np.float32), SIZE_MULTIPLE)
+        with torch.no_grad():
+            out = generator(torch.from_numpy(np.ascontiguousarray(padded))[None, None])
+        return np.asarray(crop(out[0, 0].numpy(), pad), dtype=np.float32)
+
+    return run
 
 
-def load_restorer(path: Path, threads: int | None = None) -> Restorer:
-    """An ONNX model (``.onnx``) or a checkpoint (anything else) as a restorer.
+def load_restorer(path: Path) -> Restorer:
+    """An ONNX model (``.onnx``, run by the node's code) or a checkpoint (PyTorch).
 
     Raises
     ------
@@ -206,7 +223,7 @@ def load_restorer(path: Path, threads: int | None = None) -> Restorer:
     if not path.is_file():
         raise ValueError(f"The model {path} does not exist.")
     if path.suffix.lower() == ".onnx":
-        return onnx_restorer(path, threads)
+        return onnx_restorer(path)
     return checkpoint_restorer(path)
 
 
@@ -396,21 +413,44 @@ def run_evaluation(
     generators: dict[str, Restorer] = {}
     models: dict[str, dict[str, str]] = {}
     if l1_model is not None:
-        generators[L1] = load_restorer(l1_model, settings.threads)
+        generators[L1] = load_restorer(l1_model)
         models[L1] = {"path": str(l1_model), "sha256": file_sha256(l1_model)}
-    generators[PIX2PIX] = load_restorer(model, settings.threads)
+    generators[PIX2PIX] = load_restorer(model)
     models[PIX2PIX] = {"path": str(model), "sha256": file_sha256(model)}
     use_bm3d = settings.bm3d and bm3d_available()
     if settings.bm3d and not use_bm3d:
         logger.warning("bm3d is not installed; the BM3D baseline is skipped.")
     result = EvaluationResult(test_images=len(test), models=models)
     output_dir.mkdir(parents=True, exist_ok=True)
+    synthetic_test = [r for r in test if r.low is None]
+    synthetic_val = [r for r in val if r.low is None] or val
+    groups: list[tuple[str, list[Example], list[Example], bool]] = []
     for index, (a, b, sigma) in enumerate(settings.settings):
+        if not synthetic_test:
+            break
         degradation = Degradation(noise_a=a, noise_b=b, blur_sigma=sigma)
-        label = degradation.label()
         seed = settings.seed + 1000 * index
-        val_examples = make_examples(val, images, degradation, seed=seed + 1)
-        test_examples = make_examples(test, images, degradation, seed=seed)
+        groups.append(
+            (
+                degradation.label(),
+                make_examples(synthetic_val, images, degradation, seed=seed + 1),
+                make_examples(synthetic_test, images, degradation, seed=seed),
+                settings.bm3d_settings is None or (a, b, sigma) in settings.bm3d_settings,
+            )
+        )
+    real_test = [r for r in test if r.low is not None]
+    if real_test:
+        real_val = [r for r in val if r.low is not None] or val
+        degradation = Degradation(*settings.settings[0])  # only for synthetic val fallbacks
+        groups.append(
+            (
+                REAL_PAIRS,
+                make_examples(real_val, images, degradation, seed=settings.seed - 1),
+                make_examples(real_test, images, degradation, seed=settings.seed - 1),
+                True,
+            )
+        )
+    for index, (label, val_examples, test_examples, with_bm3d) in enumerate(groups):
         nlm_factor, nlm_scores = tune_factor(nlm, val_examples, NLM_FACTORS)
         result.nlm[label] = {
             "factor": nlm_factor,
@@ -418,7 +458,7 @@ def run_evaluation(
         }
         logger.info("%s: NLM h = %.2f·σ̂ (val PSNR %s)", label, nlm_factor, nlm_scores)
         restorers: dict[str, Restorer] = {NLM: functools.partial(nlm, factor=nlm_factor)}
-        if use_bm3d:
+        if use_bm3d and with_bm3d:
             bm3d_factor, bm3d_scores = tune_factor(bm3d_denoise, val_examples, BM3D_FACTORS)
             result.bm3d[label] = {
                 "factor": bm3d_factor,

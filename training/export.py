@@ -339,12 +339,15 @@ def build_metadata(
     ``training``, ``export`` and ``created_at``; structured values are JSON.
     """
     train_config = meta.get("train_config", {})
+    best = meta.get("metrics", meta.get("best_metrics", {}))
     metrics: dict[str, Any] = {
         "definitions": METRIC_DEFINITIONS,
         "validation": {
             "epoch": meta.get("best_epoch"),
             "degradation": train_config.get("val_degradation"),
-            **meta.get("metrics", meta.get("best_metrics", {})),
+            "images": meta.get("data", {}).get("split", {}).get("val", {}).get("images"),
+            "psnr": best.get("val_psnr"),
+            "ssim": best.get("val_ssim"),
         },
     }
     if evaluation is not None:
@@ -374,11 +377,12 @@ def build_metadata(
             "crop",
             "crops_per_image",
             "lr",
+            "lr_d",
             "beta1",
             "seed",
         )
     }
-    training.update({k: meta.get(k) for k in ("device", "world_size", "torch")})
+    training.update({k: meta.get(k) for k in ("device", "world_size", "torch", "start_from")})
     degradation = {
         "training_range": train_config.get("degradations"),
         "validation": train_config.get("val_degradation"),

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
+from dicom_node.model_meta import file_sha256
 from training.data import CropDataset, Example, load_images, make_examples, record_paths
 from training.degrade import Degradation, DegradationRange
 from training.metrics import psnr, ssim
@@ -84,6 +86,10 @@ class TrainConfig:
         Crops drawn from each training image per epoch.
     lr, beta1 : float
         Adam learning rate and first-moment decay (both networks).
+    lr_d : float or None
+        Learning rate of the discriminator when it differs from `lr`. A
+        discriminator that learns as fast as a generator trained at a high
+        rate can win outright, after which its gradient swamps the L1 term.
     lambda_l1 : float
         Weight of the L1 term against the GAN term.
     l1_only : bool
@@ -110,6 +116,7 @@ class TrainConfig:
     crop: int = 256
     crops_per_image: int = 1
     lr: float = 2e-4
+    lr_d: float | None = None
     beta1: float = 0.5
     lambda_l1: float = 100.0
     l1_only: bool = False
@@ -132,6 +139,8 @@ class TrainConfig:
             raise ValueError(f"crop must be a positive multiple of 256; got {self.crop}.")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1); got {self.lr}.")
+        if self.lr_d is not None and not 0 < self.lr_d < 1:
+            raise ValueError(f"lr_d must be in (0, 1); got {self.lr_d}.")
         if not 0 <= self.beta1 < 1:
             raise ValueError(f"beta1 must be in [0, 1); got {self.beta1}.")
         if self.lambda_l1 <= 0:
@@ -327,7 +336,7 @@ def load_generator(
     """
     try:
         payload = torch.load(path, map_location=device or "cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise ValueError(f"The checkpoint {path} cannot be read: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
         raise ValueError(
@@ -360,6 +369,7 @@ def train(
     split: Split,
     run_dir: Path,
     resume: Path | None = None,
+    start_from: Path | None = None,
     data_summary: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> TrainResult:
@@ -375,6 +385,10 @@ def train(
         Where logs and checkpoints go.
     resume : pathlib.Path, optional
         A ``last.pt`` to continue from.
+    start_from : pathlib.Path, optional
+        A checkpoint whose generator weights initialise this run (for example
+        an L1-only run, fine-tuned here with the GAN loss). The discriminator,
+        optimisers and schedule start afresh; ignored when resuming.
     data_summary : dict, optional
         Description of the training data, kept with the checkpoints.
     progress : bool
@@ -428,6 +442,22 @@ def train(
 
     enhancer = ResidualEnhancer(config.generator)
     init_generator(enhancer)
+    start_info: dict[str, str] | None = None
+    if start_from is not None and resume is None:
+        pretrained, pretrained_meta = load_generator(start_from)
+        if pretrained.config != config.generator:
+            raise ValueError(
+                f"The generator of {start_from} is {pretrained.config.as_dict()}, which differs "
+                f"from the requested {config.generator.as_dict()}."
+            )
+        enhancer.load_state_dict(pretrained.state_dict())
+        start_info = {
+            "checkpoint": str(start_from),
+            "sha256": file_sha256(start_from),
+            "epoch": str(pretrained_meta.get("epoch", "")),
+            "l1_only": str(pretrained_meta.get("train_config", {}).get("l1_only", "")),
+        }
+        logger.info("Generator initialised from %s.", start_from)
     generator: nn.Module = enhancer
     discriminator: nn.Module | None = None
     if not config.l1_only:
@@ -444,7 +474,7 @@ def train(
     betas = (config.beta1, 0.999)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas)
     opt_d = (
-        torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
+        torch.optim.Adam(discriminator.parameters(), lr=config.lr_d or config.lr, betas=betas)
         if discriminator is not None
         else None
     )
@@ -475,6 +505,7 @@ def train(
         best_epoch = int(state["best_epoch"])
         best_metrics = dict(state.get("best_metrics", {}))
         history = list(state.get("history", []))
+        start_info = state.get("start_from")
         logger.info("Resuming %s at epoch %d.", resume, start_epoch)
 
     if info.world_size > 1:
@@ -485,6 +516,7 @@ def train(
 
     provenance = {
         "training_commit": git_commit(),
+        "start_from": start_info,
         "training_code_sha256": code_fingerprint(),
         "torch": torch.__version__,
         "device": str(device) if not cuda else torch.cuda.get_device_name(device),
@@ -523,10 +555,10 @@ def train(
     rate = 0.0
     for epoch in range(start_epoch, config.total_epochs):
         factor = lr_factor(epoch, config.epochs, config.epochs_decay)
-        for optimizer in (opt_g, opt_d):
+        for optimizer, base_lr in ((opt_g, config.lr), (opt_d, config.lr_d or config.lr)):
             if optimizer is not None:
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr * factor
+                    group["lr"] = base_lr * factor
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch)
         generator.train()
