@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,8 @@ class CommandError(NodeError):
     """A command could not do what was asked; exits 1 with the message."""
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(Path(args.config) if args.config else None)
+def _load(args: argparse.Namespace, installed_model: bool = True) -> Config:
+    return load_config(Path(args.config) if args.config else None, installed_model=installed_model)
 
 
 def _load_or_defaults(args: argparse.Namespace) -> Config:
@@ -74,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             enhancer = get_enhancer(config.model)
         except NodeError as exc:
             raise ConfigError(f"model: {exc}") from exc
-        log_event(logger, "model.loaded", **enhancer.describe())
+        log_event(logger, "model.loaded", source=config.model.source, **enhancer.describe())
         import dicom_node.enhance_job  # noqa: F401 - import now, not during the first job
     service = NodeService(runtime)
     stop = threading.Event()
@@ -189,6 +190,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         f"max {config.node.max_associations} associations"
     )
     print(f"  storage: {config.storage.data_dir} ({config.storage.effective_database_url})")
+    print(f"  model: {config.model.path or 'the bundled model'} ({config.model.source})")
     for dest in config.destinations:
         print(f"  destination {dest.name}: {dest.ae_title}@{dest.host}:{dest.port}")
     for rule in config.rules:
@@ -223,15 +225,88 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     config = _load_or_defaults(args)
     settings = config.model
     if args.model:
-        settings = replace(settings, path=Path(args.model))
+        settings = replace(settings, path=Path(args.model), path_source="command line")
     enhancer = get_enhancer(settings)
-    info = enhancer.describe()
+    info: dict[str, Any] = {}
+    for key, value in enhancer.describe().items():
+        info[key] = value
+        if key == "path":
+            info["source"] = settings.source
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
         width = max(len(k) for k in info)
         for key, value in info.items():
             print(f"{key.ljust(width)}  {value}")
+    return EXIT_OK
+
+
+def cmd_model_install(args: argparse.Namespace) -> int:
+    """Validate an ONNX file, copy it under data_dir/models and make it the active model."""
+    from dicom_node.model_store import install_model
+
+    config = _load(args, installed_model=False)
+    result = install_model(Path(args.file), config.storage.data_dir)
+    record = result.record
+    what = f"{record.model_name} {record.model_version} (sha256 {record.short_hash})"
+    if result.activated:
+        print(f"Installed {what} as {result.path}; it is the active model.")
+    else:
+        print(f"{what} is installed and active already: {result.path}.")
+    print("A running node loads it at its next start (for example: systemctl restart dicom-node).")
+    if config.model.path is not None:
+        print(
+            f"Note: [model] path = {str(config.model.path)!r} in the configuration takes "
+            "precedence over the installed model; empty it to use the installed one."
+        )
+    return EXIT_OK
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    """List the installed models and mark the active one."""
+    from dicom_node.model_store import list_installed, models_dir
+
+    config = _load(args, installed_model=False)
+    items, problem = list_installed(config.storage.data_dir)
+    if args.json:
+        rows = [
+            {
+                "file": str(item.path),
+                "active": item.active,
+                **(
+                    {k: v for k, v in asdict(item.record).items() if k != "file"}
+                    if item.record
+                    else {}
+                ),
+            }
+            for item in items
+        ]
+        print(json.dumps({"models": rows, "active_error": problem}, indent=2))
+        return EXIT_OK
+    if not items:
+        print(f"No models are installed in {models_dir(config.storage.data_dir)}.")
+    else:
+        table = [("", "FILE", "NAME", "VERSION", "SHA256", "INSTALLED")]
+        for item in items:
+            rec = item.record
+            table.append(
+                (
+                    "*" if item.active else "",
+                    item.path.name,
+                    rec.model_name if rec else "-",
+                    rec.model_version if rec else "-",
+                    rec.short_hash if rec else "-",
+                    rec.installed_at if rec else "(no install record)",
+                )
+            )
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        print(f"(* active; folder {models_dir(config.storage.data_dir)})")
+    if problem:
+        print(f"No usable active model: {problem}")
+    if config.model.path is not None:
+        print(f"[model] path = {str(config.model.path)!r} overrides the installed models.")
     return EXIT_OK
 
 
@@ -243,7 +318,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     config = _load_or_defaults(args)
     if args.model:
-        config = replace(config, model=replace(config.model, path=Path(args.model)))
+        model = replace(config.model, path=Path(args.model), path_source="command line")
+        config = replace(config, model=model)
     failures = enhance_files(config, [Path(p) for p in args.inputs], Path(args.output))
     return EXIT_FAILURE if failures else EXIT_OK
 
@@ -312,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", metavar="FILE", help="an ONNX file instead of the configured one")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_model_info)
+    install = model_sub.add_parser(
+        "install", parents=[common], help="validate an ONNX file and make it the active model"
+    )
+    install.add_argument("file", metavar="FILE", help="the ONNX model to install")
+    install.set_defaults(func=cmd_model_install)
+    listing = model_sub.add_parser("list", parents=[common], help="list the installed models")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_model_list)
 
     enh = sub.add_parser("enhance", parents=[common], help="enhance files offline")
     enh.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM, PNG or TIFF files")

@@ -5,7 +5,9 @@ overridden from the environment with ``DICOM_NODE_<SECTION>_<KEY>`` (for
 example ``DICOM_NODE_NODE_PORT=11113``), which is how containers configure the
 node. Validation is eager: :func:`load_config` either returns a complete,
 valid :class:`Config` or raises :class:`~dicom_node.errors.ConfigError` with a
-sentence naming the key and the offending value.
+sentence naming the key and the offending value. When ``[model] path`` is
+not set, :func:`load_config` resolves the model installed with ``dicom-node
+model install`` (see :mod:`dicom_node.model_store`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from dicom_node.errors import ConfigError
+from dicom_node.model_store import read_active
 
 DEFAULT_CONFIG_PATH = Path("config/node.toml")
 ENV_PREFIX = "DICOM_NODE_"
@@ -169,9 +172,25 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 )
 
 
+MODEL_PATH_SOURCES = ("config", "installed", "command line")
+"""Where an explicit :attr:`ModelSettings.path` can come from."""
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    """The ONNX generator and how it runs."""
+    """The ONNX generator and how it runs.
+
+    `path` is None for the bundled model. `path_source` says where a set
+    `path` came from: ``"config"`` (the file or an environment override),
+    ``"installed"`` (``dicom-node model install``, resolved by
+    :func:`load_config`) or ``"command line"`` (``--model``); it is ignored
+    while `path` is None. :attr:`source` combines both.
+
+    Raises
+    ------
+    ValueError
+        If `path_source` is not one of :data:`MODEL_PATH_SOURCES`.
+    """
 
     path: Path | None = None
     provider: str = "auto"
@@ -180,6 +199,18 @@ class ModelSettings:
     tile_overlap: int = 128
     max_whole_pixels: int = 2304 * 2304
     warmup: bool = True
+    path_source: str = "config"
+
+    def __post_init__(self) -> None:
+        if self.path_source not in MODEL_PATH_SOURCES:
+            raise ValueError(
+                f"path_source: {self.path_source!r} is not one of {', '.join(MODEL_PATH_SOURCES)}."
+            )
+
+    @property
+    def source(self) -> str:
+        """Where the model comes from: ``"bundled"`` when `path` is None, else `path_source`."""
+        return "bundled" if self.path is None else self.path_source
 
 
 @dataclass(frozen=True)
@@ -665,7 +696,34 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = N
     )
 
 
-def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def resolve_installed_model(config: Config) -> Config:
+    """Return `config` with the installed active model when ``[model] path`` is not set.
+
+    The model is resolved in this order: ``[model] path`` (file or
+    environment) > the model installed by ``dicom-node model install``
+    (``<data_dir>/models/active.json``) > the bundled model (path None).
+
+    Raises
+    ------
+    ConfigError
+        If ``active.json`` exists but is unreadable, invalid or names a
+        missing file; the node never falls back to the bundled model then.
+    """
+    if config.model.path is not None:
+        return config
+    active = read_active(config.storage.data_dir)
+    if active is None:
+        return config
+    _record, model_path = active
+    return replace(config, model=replace(config.model, path=model_path, path_source="installed"))
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    installed_model: bool = True,
+) -> Config:
     """Read, override from the environment and validate the configuration file.
 
     Parameters
@@ -674,6 +732,11 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         The TOML file; default ``$DICOM_NODE_CONFIG`` or ``config/node.toml``.
     environ : Mapping[str, str], optional
         Environment used for overrides; default :data:`os.environ`.
+    installed_model : bool, optional
+        Resolve the installed active model (:func:`resolve_installed_model`)
+        when ``[model] path`` is not set. Default true; false only for the
+        commands that manage installed models, which must work while
+        ``active.json`` is broken.
 
     Returns
     -------
@@ -686,7 +749,8 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     Raises
     ------
     ConfigError
-        If the file is missing, is not valid TOML, or holds an invalid value.
+        If the file is missing, is not valid TOML, holds an invalid value, or
+        the installed-model record is broken.
     """
     env = os.environ if environ is None else environ
     if path is None:
@@ -705,4 +769,5 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         ) from exc
     parent = path.resolve().parent
     base = parent.parent if parent.name == "config" else parent
-    return parse_config(apply_env_overrides(raw, env), base, source=path)
+    config = parse_config(apply_env_overrides(raw, env), base, source=path)
+    return resolve_installed_model(config) if installed_model else config

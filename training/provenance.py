@@ -18,8 +18,10 @@ def git_commit(repo: Path = REPO_DIR) -> str:
     """The repository's HEAD commit, or ``"uncommitted"``.
 
     ``"uncommitted"`` is returned when the code that defines the model (the
-    ``training`` package and ``dicom_node/pixels.py``) differs from HEAD, or
-    when there is no git repository or git executable.
+    Python sources of the ``training`` package and ``dicom_node/pixels.py``,
+    the files :func:`code_fingerprint` covers) differs from HEAD, or when
+    there is no git repository or git executable. Documentation does not
+    count.
     """
     try:
         head = subprocess.run(
@@ -37,7 +39,7 @@ def git_commit(repo: Path = REPO_DIR) -> str:
                 "status",
                 "--porcelain",
                 "--",
-                "training",
+                "training/*.py",
                 "dicom_node/pixels.py",
             ],
             capture_output=True,
