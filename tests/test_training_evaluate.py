@@ -73,8 +73,33 @@ def test_nlm_is_tuned_on_validation_crops() -> None:
     from training.data import Example
 
     examples = [Example("x", noisy, clean.astype(np.float32), 8)]
-    best, scores = tune_factor(nlm, examples, (0.1, 1.0))
+    best, scores = tune_factor(nlm, examples, (0.1, 1.0), max_extensions=0)
     assert best == 1.0 and scores["1"] > scores["0.1"] > psnr(clean, noisy)
+
+
+def test_tuning_extends_a_grid_whose_edge_wins() -> None:
+    calls: list[float] = []
+
+    def restorer(image: np.ndarray, factor: float) -> np.ndarray:
+        # Best at factor 0.25: the output moves towards the reference as the
+        # factor approaches it from either side.
+        calls.append(factor)
+        weight = max(0.0, 1.0 - abs(np.log(factor / 0.25)))
+        return (1 - weight) * image + weight * reference
+
+    from training.data import Example
+
+    rng = np.random.default_rng(1)
+    reference = rng.random((64, 64)).astype(np.float32)
+    noisy = np.clip(reference + rng.normal(0, 0.05, reference.shape), 0, 1).astype(np.float32)
+    best, scores = tune_factor(restorer, [Example("x", noisy, reference, 8)], (0.5, 1.0))
+    # 0.5 won at the lower edge, so 0.5/1.4 and 0.5/1.4² were tried; the optimum is inside.
+    assert best == pytest.approx(0.5 / 1.4**2, abs=1e-3)
+    assert min(float(k) for k in scores) < best < max(float(k) for k in scores)
+    assert len(calls) == len(scores) == 5
+    # Without extensions the edge stays the answer.
+    best_edge, _ = tune_factor(restorer, [Example("x", noisy, reference, 8)], (0.5, 1.0), 0)
+    assert best_edge == 0.5
 
 
 def test_evaluation_table_on_a_tiny_set(run: Path, tmp_path: Path) -> None:

@@ -54,6 +54,9 @@ DEFAULT_SETTINGS: tuple[tuple[float, float, float], ...] = (
 
 NLM_FACTORS = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5)
 BM3D_FACTORS = (0.75, 1.0, 1.3)
+GRID_STEP = 1.4
+"""Factor between successive grid points when a tuning grid is extended past an edge."""
+MAX_GRID_EXTENSIONS = 4
 TUNE_CROP = 512
 INPUT = "degraded input"
 NLM = "NLM (tuned on val)"
@@ -272,15 +275,40 @@ def tune_factor(
     method: Callable[[np.ndarray, float], np.ndarray],
     examples: Sequence[Example],
     factors: Sequence[float],
+    max_extensions: int = MAX_GRID_EXTENSIONS,
 ) -> tuple[float, dict[str, float]]:
-    """The factor with the best mean PSNR on the central crops of `examples`."""
+    """The factor with the best mean PSNR on the central crops of `examples`.
+
+    A baseline tuned on a grid whose best point is the grid's edge is not
+    tuned: the optimum may lie outside. The grid is therefore extended
+    geometrically (by :data:`GRID_STEP`) past an edge that wins, up to
+    `max_extensions` times; a factor still at the edge after that is logged
+    as a warning.
+
+    Returns
+    -------
+    tuple[float, dict[str, float]]
+        The best factor and the mean PSNR of every factor tried.
+    """
     crops = [(_centre(e.degraded, TUNE_CROP), _centre(e.reference, TUNE_CROP)) for e in examples]
-    scores = {
-        f"{factor:g}": float(np.mean([psnr(ref, method(low, factor)) for low, ref in crops]))
-        for factor in factors
-    }
+
+    def score(factor: float) -> float:
+        return float(np.mean([psnr(ref, method(low, factor)) for low, ref in crops]))
+
+    scores = {float(factor): score(float(factor)) for factor in factors}
+    for _ in range(max_extensions):
+        best = max(scores, key=lambda key: scores[key])
+        if best == min(scores):
+            candidate = round(best / GRID_STEP, 4)
+        elif best == max(scores):
+            candidate = round(best * GRID_STEP, 4)
+        else:
+            break
+        scores[candidate] = score(candidate)
     best = max(scores, key=lambda key: scores[key])
-    return float(best), scores
+    if len(scores) > 1 and best in (min(scores), max(scores)):
+        logger.warning("The best factor %g is at the edge of the range searched.", best)
+    return best, {f"{factor:g}": scores[factor] for factor in sorted(scores)}
 
 
 # --------------------------------------------------------------------------- run
