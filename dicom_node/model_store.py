@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dicom_node.errors import ConfigError, ModelError
+from dicom_node.model_meta import file_sha256
 from dicom_node.spool import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ def install_model(source: Path, data_dir: Path, now: dt.datetime | None = None) 
     copied = False
     if target.exists():
         try:
-            existing = _sha256(target.read_bytes())
+            existing = file_sha256(target)
         except OSError as exc:
             raise ModelError(
                 f"{source} was not installed: {target} exists and cannot be read "
