@@ -30,7 +30,12 @@ from dicom_node.errors import PermanentError
 CONVENTION = "cxr-mono2-unit-float32-v1"
 """Model input/output convention: (N, 1, H, W) float32, MONOCHROME2, [0, 1]."""
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+"""Grayscale image files read by :func:`read_image_file` (JPEG: 8-bit baseline only)."""
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_HEADER_SCAN_LIMIT = 1 << 20
+"""Bytes of a PNG scanned for its sBIT chunk (it must come before the image data)."""
 
 
 class PixelDataError(PermanentError):
@@ -164,20 +169,82 @@ def normalize_dataset(ds: Dataset) -> NormalizedImage:
     )
 
 
-def effective_bits(array: np.ndarray) -> int:
-    """Bit depth of a grayscale file's values: 8 for uint8, else 12 to 16.
+def png_significant_bits(path: Path) -> int | None:
+    """The grayscale significant-bits value of a PNG's sBIT chunk, if it has one.
 
-    A 16-bit PNG or TIFF often holds 12- or 15-bit data; its range is taken as
-    the smallest of 12 to 16 bits that holds the image's maximum value.
+    Only the chunks before the first IDAT are read (the PNG specification
+    places sBIT there), and at most :data:`PNG_HEADER_SCAN_LIMIT` bytes.
+
+    Returns
+    -------
+    int or None
+        The number of significant bits (1 to 16), or None when the file has
+        no valid sBIT chunk or is not a PNG.
     """
-    if array.dtype == np.uint8:
+    try:
+        with path.open("rb") as handle:
+            if handle.read(8) != PNG_SIGNATURE:
+                return None
+            scanned = 8
+            while scanned < PNG_HEADER_SCAN_LIMIT:
+                header = handle.read(8)
+                if len(header) < 8:
+                    return None
+                length = int.from_bytes(header[:4], "big")
+                kind = header[4:8]
+                if kind in (b"IDAT", b"IEND") or length > PNG_HEADER_SCAN_LIMIT:
+                    return None
+                body = handle.read(length)
+                handle.read(4)  # CRC
+                scanned += 12 + length
+                if kind == b"sBIT":
+                    # Grayscale: one byte; grayscale+alpha: two (the first is gray).
+                    if len(body) in (1, 2) and 1 <= body[0] <= 16:
+                        return int(body[0])
+                    return None
+    except OSError:
+        return None
+    return None
+
+
+def tiff_significant_bits(tags: dict[int, object]) -> int | None:
+    """Bit depth declared by a TIFF's tags: MaxSampleValue (281), else BitsPerSample (258)."""
+    maximum = tags.get(281)
+    if isinstance(maximum, tuple):
+        maximum = maximum[0] if maximum else None
+    if isinstance(maximum, int) and 0 < maximum <= 65535:
+        return max(1, int(maximum).bit_length())
+    bits = tags.get(258)
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    if isinstance(bits, int) and 1 <= bits <= 16:
+        return int(bits)
+    return None
+
+
+def declared_bits(raw: np.ndarray, declared: int | None) -> int:
+    """Bit depth of a grayscale file's values: 8 for uint8, else what the file declares.
+
+    A 16-bit PNG or TIFF is 16-bit unless the file itself says otherwise (the
+    PNG sBIT chunk, the TIFF MaxSampleValue or BitsPerSample tags). The bit
+    depth is never guessed from the brightest pixel: a dim 16-bit image must
+    stay dim. A declared depth that the values exceed is ignored (16 is used).
+    """
+    if raw.dtype == np.uint8:
         return 8
-    peak = int(array.max()) if array.size else 0
-    return int(min(16, max(12, peak.bit_length())))
+    if declared is None or not 1 <= declared <= 16:
+        return 16
+    peak = int(raw.max()) if raw.size else 0
+    if peak >= 2**declared:
+        return 16
+    return int(declared)
 
 
 def read_image_file(path: Path) -> tuple[NormalizedImage, np.ndarray]:
-    """Read a grayscale PNG or TIFF (8 or 16 bit) into the model's convention.
+    """Read a grayscale PNG, TIFF (8 or 16 bit) or JPEG (8 bit) into the model's convention.
+
+    The bit depth of a 16-bit file comes from the file (see
+    :func:`declared_bits`), never from its pixel values.
 
     Returns
     -------
@@ -200,6 +267,7 @@ def read_image_file(path: Path) -> tuple[NormalizedImage, np.ndarray]:
                     "grayscale."
                 )
             raw = np.array(img)
+            tiff_tags = dict(getattr(img, "tag_v2", {}) or {}) if img.format == "TIFF" else None
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise PixelDataError(f"{path.name}: cannot read the image: {exc}") from exc
     if raw.ndim != 2:
@@ -208,7 +276,13 @@ def read_image_file(path: Path) -> tuple[NormalizedImage, np.ndarray]:
         if raw.min() < 0 or raw.max() > 65535:
             raise PixelDataError(f"{path.name}: values outside the 16-bit range.")
         raw = raw.astype(np.uint16)
-    bits = effective_bits(raw)
+    if raw.dtype == np.uint8:
+        declared: int | None = 8
+    elif tiff_tags is not None:
+        declared = tiff_significant_bits(tiff_tags)
+    else:
+        declared = png_significant_bits(path)
+    bits = declared_bits(raw, declared)
     high = float(2**bits - 1)
     image = NormalizedImage(
         pixels=(raw.astype(np.float32) / np.float32(high)).clip(0.0, 1.0),

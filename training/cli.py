@@ -44,6 +44,16 @@ def _float_pair(text: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 256,512, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def _setting(text: str) -> tuple[float, float, float]:
     parts = text.split(",")
     try:
@@ -96,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--groups",
         type=Path,
+        nargs="+",
         metavar="CSV",
-        help="CSV with columns file and group (or patient_id) for --images",
+        help="CSVs with columns file and group (or patient_group, patient_id) for --images",
     )
     src.add_argument("--recursive", action="store_true", help="search --images folders recursively")
     src.add_argument(
@@ -165,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--batch-size", type=_positive_int, default=1)
     opt.add_argument("--crop", type=_positive_int, default=256, help="crop side: 256 or 512")
     opt.add_argument(
+        "--crop-sizes",
+        type=_int_list,
+        default=(),
+        metavar="S,S",
+        help="crop sides used in turn, one per epoch (e.g. 256,512; default: --crop)",
+    )
+    opt.add_argument(
         "--crops-per-image",
         type=_positive_int,
         default=1,
@@ -175,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--beta1", type=float, default=0.5)
     opt.add_argument("--lambda-l1", type=float, default=100.0)
     opt.add_argument("--l1-only", action="store_true", help="no discriminator, L1 loss only")
+    opt.add_argument("--gan-loss", choices=("vanilla", "lsgan"), default="vanilla")
+    opt.add_argument(
+        "--spectral-norm", action="store_true", help="spectral normalisation in the discriminator"
+    )
+    opt.add_argument(
+        "--select",
+        choices=("psnr", "texture"),
+        default="psnr",
+        help="how best.pt is chosen: best val PSNR, or texture closest to the references "
+        "within --max-psnr-loss of the starting generator",
+    )
+    opt.add_argument("--max-psnr-loss", type=float, default=0.3, metavar="DB")
     opt.add_argument(
         "--val-max-images",
         type=_non_negative_int,
@@ -185,15 +215,34 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--ngf", type=_positive_int, default=16)
     net.add_argument("--norm", choices=("none", "instance"), default="none")
     net.add_argument("--residual-scale", type=float, default=1.0)
+    net.add_argument("--head", type=_positive_int, default=8, help="full-resolution head width")
     net.add_argument("--ndf", type=_positive_int, default=64)
     deg = tr.add_argument_group("degradation (training range; see training/README.md)")
     deg.add_argument("--noise-a", type=_float_pair, default=(0.0005, 0.005), metavar="LO,HI")
     deg.add_argument("--noise-b", type=_float_pair, default=(1e-6, 1e-4), metavar="LO,HI")
     deg.add_argument("--blur-sigma", type=_float_pair, default=(0.0, 1.5), metavar="LO,HI")
     deg.add_argument("--downsample-prob", type=float, default=0.0)
-    deg.add_argument("--exposure-prob", type=float, default=0.0)
+    deg.add_argument(
+        "--exposure-prob",
+        type=float,
+        default=0.3,
+        help="share of crops with a gamma and scatter change, applied to input and reference",
+    )
     deg.add_argument("--gamma", type=_float_pair, default=(0.8, 1.2), metavar="LO,HI")
     deg.add_argument("--offset-max", type=float, default=0.05)
+    deg.add_argument(
+        "--noise-correlation",
+        type=_float_pair,
+        default=(0.0, 1.5),
+        metavar="LO,HI",
+        help="std (px) of the Gaussian PSF that correlates the noise, uniform per crop (0,1.5)",
+    )
+    deg.add_argument(
+        "--identity-prob",
+        type=float,
+        default=0.15,
+        help="share of crops whose input is the clean image itself (0.15)",
+    )
     deg.add_argument(
         "--val-setting",
         type=_setting,
@@ -326,13 +375,14 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             epochs_decay=args.epochs_decay,
             batch_size=args.batch_size,
             crop=args.crop,
+            crop_sizes=tuple(args.crop_sizes),
             crops_per_image=args.crops_per_image,
             lr=args.lr,
             lr_d=args.lr_d,
             beta1=args.beta1,
             lambda_l1=args.lambda_l1,
             l1_only=args.l1_only,
-            generator=GeneratorConfig(args.ngf, args.norm, args.residual_scale),
+            generator=GeneratorConfig(args.ngf, args.norm, args.residual_scale, args.head),
             ndf=args.ndf,
             degradations=DegradationRange(
                 noise_a=args.noise_a,
@@ -342,11 +392,17 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 exposure_probability=args.exposure_prob,
                 gamma=args.gamma,
                 offset_max=args.offset_max,
+                noise_correlation=args.noise_correlation,
+                identity_probability=args.identity_prob,
             ),
             val_degradation=Degradation(*args.val_setting),
             seed=args.seed,
             workers=args.workers,
             val_max_images=args.val_max_images,
+            gan_loss=args.gan_loss,
+            spectral_norm=args.spectral_norm,
+            select=args.select,
+            max_psnr_loss=args.max_psnr_loss,
         )
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
@@ -428,7 +484,15 @@ def _build_split(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         records += real
         sources.append(f"manifest {args.manifest.name}: {len(real)} real pairs")
     if args.images:
-        groups = read_groups(args.groups) if args.groups else None
+        groups: dict[str, str] | None = None
+        for groups_file in args.groups or []:
+            groups = groups or {}
+            for name, group in read_groups(groups_file).items():
+                if groups.setdefault(name, group) != group:
+                    raise CommandError(
+                        f"{name} has the group {groups[name]!r} in one --groups file and "
+                        f"{group!r} in {groups_file}."
+                    )
         found = folder_records(args.images, groups, recursive=args.recursive)
         records += found
         sources.append(f"{len(found)} images from {', '.join(p.name for p in args.images)}")

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dicom_node.pixels import NormalizedImage, read_any
-from training.degrade import Degradation, DegradationRange, degrade
+from training.degrade import Degradation, DegradationRange, degrade, degrade_pair
 from training.pairs import PairRecord
 
 logger = logging.getLogger(__name__)
@@ -132,9 +132,17 @@ class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.seed = seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the random stream of `epoch`."""
+    def set_epoch(self, epoch: int, crop: int | None = None, length: int | None = None) -> None:
+        """Select the random stream of `epoch`, and optionally its crop size and length."""
         self.epoch = epoch
+        if crop is not None:
+            if crop < 16:
+                raise ValueError(f"crop must be at least 16 pixels; got {crop}.")
+            self.crop = crop
+        if length is not None:
+            if length < 1:
+                raise ValueError(f"length must be at least 1; got {length}.")
+            self.length = length
 
     def __len__(self) -> int:
         return self.length
@@ -151,9 +159,9 @@ class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             window = _random_window(high.shape, self.crop, BLUR_MARGIN, rng)
             context = _cut(high.pixels, window)
             params = self.degradations.sample(rng, bits=high.bits_stored)
-            degraded = degrade(context, params, rng)
+            degraded, reference = degrade_pair(context, params, rng)
             inner = slice(window.margin, window.margin + self.crop)
-            low, ref = degraded[inner, inner], context[inner, inner]
+            low, ref = degraded[inner, inner], reference[inner, inner]
         if rng.random() < 0.5:
             low, ref = low[:, ::-1], ref[:, ::-1]
         if rng.random() < 0.5:

@@ -8,10 +8,20 @@ Everything works on intensities in the node's pixel convention (float32 in
 2. unsharpness: Gaussian blur with standard deviation ``blur_sigma`` pixels;
 3. resolution loss (optional): 2×2 area downsampling and bilinear upsampling
    back to the original size;
-4. reduced dose: additive Gaussian noise whose standard deviation is
+4. reduced dose: additive noise whose standard deviation is
    ``sqrt(a · x + b)`` with ``x`` the signal after steps 1-3 (``a`` models the
-   signal-dependent quantum noise, ``b`` the electronic noise);
+   signal-dependent quantum noise, ``b`` the electronic noise). The noise
+   field is white noise filtered by a Gaussian detector point-spread function
+   of standard deviation ``noise_correlation`` pixels (0: white), rescaled to
+   unit variance, so that ``a`` and ``b`` keep their meaning per pixel while
+   the grain becomes coarser, the way a scintillator correlates it;
 5. quantisation back to the source bit depth, then clipping to [0, 1].
+
+For training, :func:`degrade_pair` applies step 1 to the *reference* as well:
+exposure and scatter are variations of a good image that the model must
+leave alone, not faults it should undo. An *identity* degradation
+(:meth:`Degradation.identity`) changes nothing, so a share of the training
+pairs teaches the model to leave a good image as it is.
 
 The result depends only on the image, the parameters and the seed. The
 README of the package documents the model and its defaults.
@@ -35,6 +45,7 @@ NOISE_A_RANGE = (0.0005, 0.005)
 NOISE_B_RANGE = (1e-6, 1e-4)
 BLUR_SIGMA_RANGE = (0.0, 1.5)
 GAMMA_RANGE = (0.8, 1.2)
+NOISE_CORRELATION_RANGE = (0.0, 1.5)
 
 SeedLike = int | np.random.Generator
 
@@ -74,6 +85,9 @@ class Degradation:
         Peak amplitude of the smooth offset field (0 to 0.2; 0 disables).
     bits : int or None
         Bit depth to quantise the result to (1 to 16); None keeps float values.
+    noise_correlation : float
+        Standard deviation in pixels of the Gaussian point-spread function
+        that correlates the noise (0 to 3; 0 gives white noise).
     """
 
     noise_a: float = 0.002
@@ -83,9 +97,28 @@ class Degradation:
     gamma: float = 1.0
     offset: float = 0.0
     bits: int | None = None
+    noise_correlation: float = 0.0
+
+    @classmethod
+    def identity(cls, bits: int | None = None) -> Degradation:
+        """The degradation that changes nothing (apart from quantising to `bits`)."""
+        return cls(noise_a=0.0, noise_b=0.0, blur_sigma=0.0, bits=bits)
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether this degradation leaves the image unchanged."""
+        return (
+            self.noise_a == 0.0
+            and self.noise_b == 0.0
+            and self.blur_sigma == 0.0
+            and not self.downsample
+            and self.gamma == 1.0
+            and self.offset == 0.0
+        )
 
     def __post_init__(self) -> None:
         _check_range("noise_a", self.noise_a, 0.0, 0.05)
+        _check_range("noise_correlation", self.noise_correlation, 0.0, 3.0)
         _check_range("noise_b", self.noise_b, 0.0, 0.01)
         _check_range("blur_sigma", self.blur_sigma, 0.0, 5.0)
         _check_range("gamma", self.gamma, 0.5, 2.0)
@@ -105,7 +138,11 @@ class Degradation:
 
     def label(self) -> str:
         """Short human-readable label, e.g. ``a=0.002 b=2e-05 σ=0.8``."""
+        if self.is_identity:
+            return "identity (clean input)"
         parts = [f"a={self.noise_a:g}", f"b={self.noise_b:g}", f"σ={self.blur_sigma:g}"]
+        if self.noise_correlation:
+            parts.append(f"corr={self.noise_correlation:g}px")
         if self.downsample:
             parts.append("down2")
         if self.gamma != 1.0:
@@ -119,10 +156,13 @@ class Degradation:
 class DegradationRange:
     """The distribution training samples a :class:`Degradation` from.
 
-    ``noise_a`` and ``noise_b`` are drawn log-uniformly, ``blur_sigma``
-    uniformly; resolution loss and the exposure change are applied with the
-    given probabilities, gamma then uniform in ``gamma`` and the offset
-    amplitude uniform in [0, ``offset_max``].
+    With probability ``identity_probability`` the draw is the identity (a
+    clean input). Otherwise ``noise_a`` and ``noise_b`` are drawn
+    log-uniformly, ``blur_sigma`` and ``noise_correlation`` uniformly;
+    resolution loss and the exposure change are applied with the given
+    probabilities, gamma then uniform in ``gamma`` and the offset amplitude
+    uniform in [0, ``offset_max``]. The exposure change may accompany an
+    identity draw (it applies to the reference too, see :func:`degrade_pair`).
     """
 
     noise_a: tuple[float, float] = NOISE_A_RANGE
@@ -132,6 +172,8 @@ class DegradationRange:
     exposure_probability: float = 0.0
     gamma: tuple[float, float] = GAMMA_RANGE
     offset_max: float = 0.05
+    noise_correlation: tuple[float, float] = (0.0, 0.0)
+    identity_probability: float = 0.0
 
     def __post_init__(self) -> None:
         for name, lo_limit, hi_limit in (
@@ -139,6 +181,7 @@ class DegradationRange:
             ("noise_b", 0.0, 0.01),
             ("blur_sigma", 0.0, 5.0),
             ("gamma", 0.5, 2.0),
+            ("noise_correlation", 0.0, 3.0),
         ):
             pair = getattr(self, name)
             if len(pair) != 2:
@@ -152,6 +195,7 @@ class DegradationRange:
         _check_range("downsample_probability", self.downsample_probability, 0.0, 1.0)
         _check_range("exposure_probability", self.exposure_probability, 0.0, 1.0)
         _check_range("offset_max", self.offset_max, 0.0, 0.2)
+        _check_range("identity_probability", self.identity_probability, 0.0, 1.0)
 
     def sample(self, rng: np.random.Generator, bits: int | None = None) -> Degradation:
         """Draw one degradation; `bits` is the source bit depth to quantise to."""
@@ -159,14 +203,22 @@ class DegradationRange:
         def log_uniform(pair: tuple[float, float]) -> float:
             return float(math.exp(rng.uniform(math.log(pair[0]), math.log(pair[1]))))
 
+        # Every draw consumes the same random numbers, so a change of one
+        # probability does not shift the rest of the stream.
+        identity = bool(rng.random() < self.identity_probability)
         noise_a = log_uniform(self.noise_a)
         noise_b = log_uniform(self.noise_b)
         blur = float(rng.uniform(*self.blur_sigma))
+        correlation = float(rng.uniform(*self.noise_correlation))
         downsample = bool(rng.random() < self.downsample_probability)
         exposure = bool(rng.random() < self.exposure_probability)
-        gamma = float(rng.uniform(*self.gamma)) if exposure else 1.0
-        offset = float(rng.uniform(0.0, self.offset_max)) if exposure else 0.0
-        return Degradation(noise_a, noise_b, blur, downsample, gamma, offset, bits)
+        gamma = float(rng.uniform(*self.gamma))
+        offset = float(rng.uniform(0.0, self.offset_max))
+        if not exposure:
+            gamma, offset = 1.0, 0.0
+        if identity:
+            return Degradation(0.0, 0.0, 0.0, False, gamma, offset, bits, 0.0)
+        return Degradation(noise_a, noise_b, blur, downsample, gamma, offset, bits, correlation)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dictionary (JSON-serialisable)."""
@@ -188,6 +240,8 @@ class DegradationRange:
             exposure_probability=float(data["exposure_probability"]),
             gamma=pair("gamma"),
             offset_max=float(data["offset_max"]),
+            noise_correlation=pair("noise_correlation") if "noise_correlation" in data else (0, 0),
+            identity_probability=float(data.get("identity_probability", 0.0)),
         )
 
 
@@ -227,6 +281,61 @@ def _down_up(image: np.ndarray) -> np.ndarray:
     return big[:rows, :cols]
 
 
+def _check_inputs(image: np.ndarray, params: Degradation) -> np.ndarray:
+    if not isinstance(params, Degradation):
+        raise TypeError(f"params must be a Degradation; got {type(params).__name__}.")
+    array = np.asarray(image, dtype=np.float64)
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"image must be a non-empty 2-D array; got shape {array.shape}.")
+    return np.clip(array, 0.0, 1.0)
+
+
+def apply_exposure(image: np.ndarray, params: Degradation, rng: np.random.Generator) -> np.ndarray:
+    """Step 1 alone: gamma and the smooth scatter-like offset, clipped to [0, 1] (float64)."""
+    x = np.asarray(image, dtype=np.float64)
+    if params.gamma != 1.0:
+        x = x**params.gamma
+    if params.offset > 0.0:
+        x = x + params.offset * smooth_field(x.shape, rng)
+    return np.clip(x, 0.0, 1.0)
+
+
+def correlated_noise(
+    shape: tuple[int, int], correlation: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Unit-variance Gaussian noise, correlated by a Gaussian PSF of `correlation` pixels.
+
+    White noise is filtered with the same discrete kernel that
+    :func:`scipy.ndimage.gaussian_filter` uses (truncated at 4 σ) and divided
+    by the kernel's L2 norm, so every pixel keeps variance 1.
+    """
+    white = rng.standard_normal(shape)
+    if correlation <= 0.0:
+        return white
+    radius = int(4.0 * correlation + 0.5)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (offsets / correlation) ** 2)
+    kernel /= kernel.sum()
+    norm = float(np.sum(kernel**2))  # 2-D separable kernel: its squared L2 norm is norm²
+    filtered = ndimage.gaussian_filter(white, correlation, mode="wrap", truncate=4.0)
+    return filtered / norm
+
+
+def _degrade_exposed(x: np.ndarray, params: Degradation, rng: np.random.Generator) -> np.ndarray:
+    """Steps 2 to 5 on an image that already went through step 1."""
+    if params.blur_sigma > 0.0:
+        x = ndimage.gaussian_filter(x, params.blur_sigma, mode="reflect", truncate=4.0)
+    if params.downsample:
+        x = _down_up(x)
+    if params.noise_a > 0.0 or params.noise_b > 0.0:
+        std = np.sqrt(params.noise_a * np.clip(x, 0.0, 1.0) + params.noise_b)
+        x = x + std * correlated_noise(x.shape, params.noise_correlation, rng)
+    x = np.clip(x, 0.0, 1.0)
+    if params.bits is not None:
+        x = quantize(x, params.bits).astype(np.float64) / float(2**params.bits - 1)
+    return x.astype(np.float32)
+
+
 def degrade(image: np.ndarray, params: Degradation, seed: SeedLike) -> np.ndarray:
     """Apply a degradation to a clean image.
 
@@ -252,29 +361,37 @@ def degrade(image: np.ndarray, params: Degradation, seed: SeedLike) -> np.ndarra
     ValueError
         If `image` is not a non-empty 2-D array.
     """
-    if not isinstance(params, Degradation):
-        raise TypeError(f"params must be a Degradation; got {type(params).__name__}.")
+    x = _check_inputs(image, params)
     rng = _rng(seed)
-    array = np.asarray(image, dtype=np.float64)
-    if array.ndim != 2 or array.size == 0:
-        raise ValueError(f"image must be a non-empty 2-D array; got shape {array.shape}.")
-    x = np.clip(array, 0.0, 1.0)
-    if params.gamma != 1.0:
-        x = x**params.gamma
-    if params.offset > 0.0:
-        x = x + params.offset * smooth_field(x.shape, rng)
-    x = np.clip(x, 0.0, 1.0)
-    if params.blur_sigma > 0.0:
-        x = ndimage.gaussian_filter(x, params.blur_sigma, mode="reflect", truncate=4.0)
-    if params.downsample:
-        x = _down_up(x)
-    if params.noise_a > 0.0 or params.noise_b > 0.0:
-        std = np.sqrt(params.noise_a * np.clip(x, 0.0, 1.0) + params.noise_b)
-        x = x + std * rng.standard_normal(x.shape)
-    x = np.clip(x, 0.0, 1.0)
+    return _degrade_exposed(apply_exposure(x, params, rng), params, rng)
+
+
+def degrade_pair(
+    image: np.ndarray, params: Degradation, seed: SeedLike
+) -> tuple[np.ndarray, np.ndarray]:
+    """A training pair (input, reference) from a clean image.
+
+    The exposure change (step 1) goes into both, the other steps into the
+    input only: the model learns to remove noise and blur, not to re-tone a
+    differently exposed image. The reference is quantised like the input.
+
+    Returns
+    -------
+    tuple[numpy.ndarray, numpy.ndarray]
+        float32 (degraded input, reference), same shape as `image`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`degrade`.
+    """
+    x = _check_inputs(image, params)
+    rng = _rng(seed)
+    exposed = apply_exposure(x, params, rng)
+    reference = exposed
     if params.bits is not None:
-        x = quantize(x, params.bits).astype(np.float64) / float(2**params.bits - 1)
-    return x.astype(np.float32)
+        reference = quantize(exposed, params.bits).astype(np.float64) / float(2**params.bits - 1)
+    return _degrade_exposed(exposed, params, rng), reference.astype(np.float32)
 
 
 def expected_noise_variance(x: np.ndarray | float, params: Degradation) -> np.ndarray:

@@ -1,12 +1,22 @@
 """The pix2pix networks: a unet_256 generator and a conditional 70×70 PatchGAN.
 
-The generator follows the unet_256 topology of pix2pix (Isola et al., 2017):
-eight stride-2 4×4 convolutions down to 1/256 of the input size and eight
-stride-2 4×4 transposed convolutions back up, each decoder level
-concatenated with the encoder level of the same size. Two things differ from
-the original, so that training and inference compute the same function and
-the exported model is deterministic and tile-invariant:
+The generator keeps the unet_256 topology of pix2pix (Isola et al., 2017):
+eight stride-2 4×4 convolutions down to 1/256 of the input size, eight
+decoder levels back up, each decoder level concatenated with the encoder
+level of the same size. What differs from the original:
 
+* **no transposed convolutions.** A stride-2 transposed convolution gives
+  the even and the odd output pixels different kernels, which is the source
+  of pix2pix's fixed period-2 pattern (checkerboard and row striping, Odena
+  et al., "Deconvolution and checkerboard artifacts", 2016). Every decoder
+  level here is a 3×3 convolution followed by bilinear ×2 upsampling, whose
+  frequency response is zero at the period-2 frequencies, so no layer can
+  create energy there. Detail at the full pixel scale comes from a
+  full-resolution head: the upsampled features are concatenated with the
+  input image and two 3×3 convolutions produce the correction;
+* convolutions pad by reflection (replication where a feature map is a
+  single pixel), so image borders and lines on them are not darkened or
+  ringed by zero padding;
 * no dropout, and normalisation is either absent (``norm="none"``, the
   default and what the shipped model uses) or per-image InstanceNorm
   (``norm="instance"``); InstanceNorm statistics depend on the whole input,
@@ -69,14 +79,18 @@ class GeneratorConfig:
     residual_scale : float
         The U-Net's tanh output, times this, is added to the input in the
         [-1, 1] scale.
+    head : int
+        Channels of the full-resolution head.
     """
 
     ngf: int = 16
     norm: str = "none"
     residual_scale: float = 1.0
+    head: int = 8
 
     def __post_init__(self) -> None:
         _check_positive("ngf", self.ngf)
+        _check_positive("head", self.head)
         _check_norm(self.norm)
         if not 0.0 < self.residual_scale <= 2.0:
             raise ValueError(f"residual_scale must be in (0, 2]; got {self.residual_scale}.")
@@ -87,6 +101,8 @@ class GeneratorConfig:
         out.update(
             {
                 "topology": "unet_256",
+                "decoder": "conv3x3 + bilinear x2 (no transposed convolution)",
+                "padding": "reflect",
                 "depth": UNET_256_DEPTH,
                 "dropout": False,
                 "residual": True,
@@ -102,11 +118,45 @@ class GeneratorConfig:
             ngf=int(data["ngf"]),
             norm=str(data["norm"]),
             residual_scale=float(data.get("residual_scale", 1.0)),
+            head=int(data.get("head", 8)),
         )
 
 
+class PaddedConv(nn.Module):
+    """A stride-1 or stride-2 convolution that pads by reflection (or replication).
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride : int
+        As for :class:`torch.nn.Conv2d`; padding is ``kernel_size // 2`` for odd
+        kernels and 1 for the 4×4 stride-2 encoder kernels.
+    mode : str
+        ``"reflect"`` or ``"replicate"`` (needed where a map can be 1 pixel wide).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        mode: str = "reflect",
+    ) -> None:
+        super().__init__()
+        if mode not in ("reflect", "replicate"):
+            raise ValueError(f"mode must be 'reflect' or 'replicate'; got {mode!r}.")
+        self.pad = kernel_size // 2 if kernel_size % 2 else 1
+        self.mode = mode
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad, then convolve."""
+        pads = (self.pad, self.pad, self.pad, self.pad)
+        return self.conv(nn.functional.pad(x, pads, mode=self.mode))
+
+
 class UnetGenerator(nn.Module):
-    """The unet_256 U-Net on [-1, 1] images, ending in tanh.
+    """The unet_256 U-Net on [-1, 1] images, ending in tanh, without transposed convolutions.
 
     Parameters
     ----------
@@ -116,20 +166,28 @@ class UnetGenerator(nn.Module):
         Channels of the outermost level.
     norm : str
         ``"none"`` or ``"instance"``.
+    head : int
+        Channels of the full-resolution head.
 
     Notes
     -----
-    Height and width must be multiples of :data:`SIZE_MULTIPLE`; pad the
-    input first (see :func:`pad_to_multiple`).
+    Height and width must be multiples of :data:`SIZE_MULTIPLE`; the node
+    pads with :func:`dicom_node.tiling.pad_to_multiple`.
     """
 
     def __init__(
-        self, in_channels: int = 1, out_channels: int = 1, ngf: int = 16, norm: str = "none"
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        ngf: int = 16,
+        norm: str = "none",
+        head: int = 8,
     ) -> None:
         super().__init__()
         _check_positive("in_channels", in_channels)
         _check_positive("out_channels", out_channels)
         _check_positive("ngf", ngf)
+        _check_positive("head", head)
         _check_norm(norm)
         widths = [ngf * min(2**level, 8) for level in range(UNET_256_DEPTH)]
         self.down = nn.ModuleList()
@@ -138,7 +196,7 @@ class UnetGenerator(nn.Module):
             layers: list[nn.Module] = []
             if level > 0:
                 layers.append(nn.LeakyReLU(0.2))
-            layers.append(nn.Conv2d(previous, width, kernel_size=4, stride=2, padding=1))
+            layers.append(PaddedConv(previous, width, kernel_size=4, stride=2))
             if 0 < level < UNET_256_DEPTH - 1:
                 layers.append(_norm_layer(norm, width))
             self.down.append(nn.Sequential(*layers))
@@ -147,16 +205,26 @@ class UnetGenerator(nn.Module):
         for level in reversed(range(UNET_256_DEPTH)):
             innermost = level == UNET_256_DEPTH - 1
             source = widths[level] if innermost else 2 * widths[level]
-            target = out_channels if level == 0 else widths[level - 1]
+            target = ngf if level == 0 else widths[level - 1]
             layers = [
                 nn.ReLU(),
-                nn.ConvTranspose2d(source, target, kernel_size=4, stride=2, padding=1),
+                # The innermost map is 1×1 for a 256×256 input: reflection needs 2 pixels.
+                PaddedConv(source, target, 3, mode="replicate" if innermost else "reflect"),
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
             ]
-            layers.append(nn.Tanh() if level == 0 else _norm_layer(norm, target))
+            if level > 0:
+                layers.append(_norm_layer(norm, target))
             self.up.append(nn.Sequential(*layers))
+        self.head = nn.Sequential(
+            PaddedConv(ngf + in_channels, head, 3),
+            nn.LeakyReLU(0.2),
+            PaddedConv(head, out_channels, 3),
+            nn.Tanh(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a (N, C, H, W) image in [-1, 1] to (N, out_channels, H, W) in [-1, 1]."""
+        image = x
         skips: list[torch.Tensor] = []
         for block in self.down:
             x = block(x)
@@ -166,7 +234,7 @@ class UnetGenerator(nn.Module):
             if index > 0:
                 y = torch.cat([y, skips.pop()], dim=1)
             y = block(y)
-        return y
+        return self.head(torch.cat([y, image], dim=1))
 
 
 class ResidualEnhancer(nn.Module):
@@ -179,7 +247,7 @@ class ResidualEnhancer(nn.Module):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
-        self.unet = UnetGenerator(1, 1, ngf=config.ngf, norm=config.norm)
+        self.unet = UnetGenerator(1, 1, ngf=config.ngf, norm=config.norm, head=config.head)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Enhance a (N, 1, H, W) float image in [0, 1]; H, W multiples of 256."""
@@ -276,46 +344,25 @@ def init_generator(generator: ResidualEnhancer) -> None:
     generator is close to the identity.
     """
     init_weights(generator, "kaiming" if generator.config.norm == "none" else "normal")
-    outermost = generator.unet.up[-1]
-    last = outermost[1] if isinstance(outermost, nn.Sequential) else None
-    if isinstance(last, nn.ConvTranspose2d):
-        with torch.no_grad():
-            last.weight.mul_(0.1)
-
-
-def pad_to_multiple(
-    image: torch.Tensor, multiple: int = SIZE_MULTIPLE
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad the last two dimensions up to multiples of `multiple`.
-
-    Returns
-    -------
-    tuple[torch.Tensor, tuple[int, int]]
-        The padded tensor and the original (height, width), to crop back with
-        ``out[..., :height, :width]``.
-
-    Raises
-    ------
-    ValueError
-        If `multiple` is not positive or the image is too small to reflect-pad
-        (padding must be smaller than each dimension; such images are padded
-        by repeating the reflection).
-    """
-    if multiple < 1:
-        raise ValueError(f"multiple must be positive; got {multiple}.")
-    height, width = int(image.shape[-2]), int(image.shape[-1])
-    if height < 2 or width < 2:
-        raise ValueError(f"The image must be at least 2×2 pixels; got {height}×{width}.")
-    target_h = -(-height // multiple) * multiple
-    target_w = -(-width // multiple) * multiple
-    padded = image
-    while padded.shape[-2] < target_h or padded.shape[-1] < target_w:
-        pad_h = min(target_h - int(padded.shape[-2]), int(padded.shape[-2]) - 1)
-        pad_w = min(target_w - int(padded.shape[-1]), int(padded.shape[-1]) - 1)
-        padded = nn.functional.pad(padded, (0, pad_w, 0, pad_h), mode="reflect")
-    return padded, (height, width)
+    last = [m for m in generator.unet.head.modules() if isinstance(m, nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(0.1)
 
 
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def apply_spectral_norm(module: nn.Module) -> None:
+    """Wrap every convolution of `module` in spectral normalisation (Miyato et al., 2018).
+
+    Used on the discriminator only, to bound how quickly it can overpower the
+    generator; the generator is never normalised this way, so its exported
+    graph is unchanged.
+    """
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Conv2d):
+            setattr(module, name, nn.utils.parametrizations.spectral_norm(child))
+        else:
+            apply_spectral_norm(child)

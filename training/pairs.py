@@ -280,8 +280,9 @@ def _is_image_file(path: Path) -> bool:
 def read_groups(path: Path) -> dict[str, str]:
     """Read a CSV mapping file names to patient/group ids.
 
-    The CSV needs a ``file`` column and a ``group`` or ``patient_id`` column
-    (the data set's ``manifest.csv`` has both ``file`` and ``group``).
+    The CSV needs a ``file`` column and a ``group``, ``patient_group`` or
+    ``patient_id`` column (``cxr/manifest.csv`` has ``group``,
+    ``cxr-hires/manifest.csv`` has ``patient_group`` with the same values).
 
     Raises
     ------
@@ -295,10 +296,11 @@ def read_groups(path: Path) -> dict[str, str]:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise PairSourceError(f"The groups file {path} cannot be read: {exc}") from exc
-    key = "group" if "group" in columns else "patient_id" if "patient_id" in columns else None
+    key = next((k for k in ("group", "patient_group", "patient_id") if k in columns), None)
     if "file" not in columns or key is None:
         raise PairSourceError(
-            f"The groups file {path} needs a 'file' column and a 'group' or 'patient_id' column."
+            f"The groups file {path} needs a 'file' column and a 'group', 'patient_group' or "
+            "'patient_id' column."
         )
     return {row["file"].strip(): row[key].strip() for row in rows if row["file"] and row[key]}
 
@@ -595,7 +597,13 @@ def split_records(
     by_group: dict[str, list[PairRecord]] = {}
     for record in records:
         by_group.setdefault(record.group, []).append(record)
-    fixed = {g: rs[0].split for g, rs in by_group.items() if any(r.split for r in rs)}
+    # A group's fixed split is the one any of its records carries (they agree:
+    # _check_group_splits), not necessarily the first record's.
+    fixed = {
+        g: next(r.split for r in rs if r.split)
+        for g, rs in by_group.items()
+        if any(r.split for r in rs)
+    }
     free = sorted(g for g in by_group if g not in fixed)
     if len(by_group) < 3 and not fixed:
         raise ValueError(

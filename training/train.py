@@ -36,20 +36,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from dicom_node.model_meta import file_sha256
+from dicom_node.tiling import crop as crop_padding
+from dicom_node.tiling import pad_to_multiple
 from training.data import CropDataset, Example, load_images, make_examples, record_paths
 from training.degrade import Degradation, DegradationRange
 from training.metrics import psnr, ssim
 from training.networks import (
+    SIZE_MULTIPLE,
     GeneratorConfig,
     PatchDiscriminator,
     ResidualEnhancer,
+    apply_spectral_norm,
     count_parameters,
     init_generator,
     init_weights,
-    pad_to_multiple,
 )
 from training.pairs import Split
 from training.provenance import code_fingerprint, git_commit
+from training.quality import hf_power_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ LOG_FIELDS = (
     "loss_d",
     "val_psnr",
     "val_ssim",
+    "val_hf_ratio",
+    "crop",
     "epoch_seconds",
     "images_per_second",
 )
@@ -107,7 +113,27 @@ class TrainConfig:
     workers : int
         DataLoader worker processes per rank.
     val_max_images : int
-        Validate on at most this many images (0: all).
+        Validate on at most this many images, spread evenly over the
+        validation split (0: all).
+    crop_sizes : tuple[int, ...]
+        Crop sides used in turn, one per epoch (empty: `crop` only). An epoch
+        of larger crops draws fewer of them, so that every epoch covers about
+        the same number of pixels as one of `crop`-sized crops.
+    gan_loss : str
+        ``"vanilla"`` (BCE, as pix2pix) or ``"lsgan"`` (least squares, Mao
+        et al. 2017), which gives the generator a gradient even when the
+        discriminator is sure.
+    spectral_norm : bool
+        Spectral normalisation on the discriminator's convolutions (Miyato et
+        al. 2018), which bounds how fast it can win.
+    select : str
+        How ``best.pt`` is chosen: ``"psnr"`` (highest validation PSNR) or
+        ``"texture"`` (among epochs within `max_psnr_loss` dB of the starting
+        generator's validation PSNR, the one whose power above half Nyquist
+        is closest to the references', see
+        :func:`training.quality.hf_power_ratio`).
+    max_psnr_loss : float
+        PSNR (dB) the ``"texture"`` selection may give up.
     """
 
     epochs: int = 100
@@ -127,6 +153,11 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     val_max_images: int = 0
+    crop_sizes: tuple[int, ...] = ()
+    gan_loss: str = "vanilla"
+    spectral_norm: bool = False
+    select: str = "psnr"
+    max_psnr_loss: float = 0.3
 
     def __post_init__(self) -> None:
         for name in ("epochs_decay", "workers", "val_max_images"):
@@ -135,8 +166,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "crops_per_image", "ndf"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}.")
-        if self.crop < 256 or self.crop % 256:
-            raise ValueError(f"crop must be a positive multiple of 256; got {self.crop}.")
+        for size in (self.crop, *self.crop_sizes):
+            if size < 256 or size % 256:
+                raise ValueError(f"crop must be a positive multiple of 256; got {size}.")
+        if self.gan_loss not in ("vanilla", "lsgan"):
+            raise ValueError(f"gan_loss must be 'vanilla' or 'lsgan'; got {self.gan_loss!r}.")
+        if self.select not in ("psnr", "texture"):
+            raise ValueError(f"select must be 'psnr' or 'texture'; got {self.select!r}.")
+        if not 0 <= self.max_psnr_loss <= 10:
+            raise ValueError(f"max_psnr_loss must be in [0, 10] dB; got {self.max_psnr_loss}.")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1); got {self.lr}.")
         if self.lr_d is not None and not 0 < self.lr_d < 1:
@@ -150,6 +188,16 @@ class TrainConfig:
     def total_epochs(self) -> int:
         """Constant plus decaying epochs."""
         return self.epochs + self.epochs_decay
+
+    def crop_for(self, epoch: int) -> int:
+        """Crop side of `epoch` (0-based)."""
+        sizes = self.crop_sizes or (self.crop,)
+        return sizes[epoch % len(sizes)]
+
+    def items_for(self, epoch: int, train_images: int) -> int:
+        """Crops drawn in `epoch`: as many pixels as ``crops_per_image`` crops of `crop`."""
+        scale = (self.crop / self.crop_for(epoch)) ** 2
+        return max(1, round(train_images * self.crops_per_image * scale))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable dictionary."""
@@ -166,6 +214,7 @@ class TrainConfig:
         values["generator"] = GeneratorConfig.from_dict(values["generator"])
         values["degradations"] = DegradationRange.from_dict(values["degradations"])
         values["val_degradation"] = Degradation(**values["val_degradation"])
+        values["crop_sizes"] = tuple(values.get("crop_sizes", ()))
         return cls(**values)
 
 
@@ -240,13 +289,15 @@ def train_step(
     high: torch.Tensor,
     lambda_l1: float,
     autocast: AbstractContextManager[Any] | None = None,
+    gan_loss: str = "vanilla",
 ) -> dict[str, float]:
     """One optimisation step of pix2pix (or of L1 alone without a discriminator).
 
     The discriminator is updated first on the real pair and the detached
     fake (in one forward pass, which DistributedDataParallel requires), with
-    the vanilla GAN loss halved as in pix2pix; then the generator on
-    ``GAN + lambda_l1 · L1``.
+    the GAN loss halved as in pix2pix; then the generator on
+    ``GAN + lambda_l1 · L1``. `gan_loss` is ``"vanilla"`` (BCE on logits)
+    or ``"lsgan"`` (squared error to 1 and 0).
 
     Returns
     -------
@@ -254,7 +305,13 @@ def train_step(
         ``loss_l1``, ``loss_gan`` and ``loss_d`` of this step.
     """
     context = autocast or nullcontext()
-    bce = nn.functional.binary_cross_entropy_with_logits
+    if gan_loss == "lsgan":
+
+        def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return nn.functional.mse_loss(logits, target)
+
+    else:
+        bce = nn.functional.binary_cross_entropy_with_logits
     with context:
         fake = generator(low)
     loss_d = torch.zeros((), device=low.device)
@@ -287,31 +344,67 @@ def train_step(
 
 @torch.no_grad()
 def enhance(generator: nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
-    """Run the generator on a full-size [0, 1] image (reflect-padded to 256 multiples)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    padded, (rows, cols) = pad_to_multiple(tensor.to(device))
+    """Run the generator on a full-size [0, 1] image, padded exactly as the node pads it.
+
+    The padding is :func:`dicom_node.tiling.pad_to_multiple` (reflection,
+    split evenly between both sides), so validation sees what the node does.
+    """
+    padded, pad = pad_to_multiple(np.asarray(image, dtype=np.float32), SIZE_MULTIPLE)
+    tensor = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(device)
     was_training = generator.training
     generator.eval()
-    out = generator(padded)[..., :rows, :cols]
+    out = generator(tensor)
     generator.train(was_training)
-    return out[0, 0].float().cpu().numpy()
+    return np.ascontiguousarray(crop_padding(out[0, 0].float().cpu().numpy(), pad))
 
 
 def validate(
     generator: nn.Module, examples: list[Example], device: torch.device
 ) -> dict[str, float]:
-    """Mean PSNR and SSIM of the generator's output against the references."""
+    """Mean PSNR, SSIM and power ratio above half Nyquist of the outputs against the references.
+
+    ``hf_ratio`` is the geometric mean over images of
+    :func:`training.quality.hf_power_ratio` (1: the output keeps the
+    reference's fine texture; below 1: smoother).
+    """
     if not examples:
-        return {"psnr": float("nan"), "ssim": float("nan")}
+        return {"psnr": float("nan"), "ssim": float("nan"), "hf_ratio": float("nan")}
     scores = [
-        (psnr(e.reference, out), ssim(e.reference, out))
+        (psnr(e.reference, out), ssim(e.reference, out), hf_power_ratio(out, e.reference))
         for e in examples
         for out in [enhance(generator, e.degraded, device)]
     ]
     return {
         "psnr": float(np.mean([s[0] for s in scores])),
         "ssim": float(np.mean([s[1] for s in scores])),
+        "hf_ratio": float(np.exp(np.mean([np.log(max(s[2], 1e-12)) for s in scores]))),
     }
+
+
+def spread(items: list[Any], count: int) -> list[Any]:
+    """At most `count` items, evenly spread over `items` (all of them when count is 0)."""
+    if count <= 0 or count >= len(items):
+        return list(items)
+    positions = np.linspace(0, len(items) - 1, count).round().astype(int)
+    return [items[int(i)] for i in positions]
+
+
+def selection_score(metrics: dict[str, float], select: str, floor: float) -> float:
+    """How good an epoch is for `select`; higher is better, ``-inf`` when not eligible.
+
+    ``"psnr"``: the validation PSNR. ``"texture"``: minus the distance of the
+    log high-frequency power ratio from 0, for epochs whose PSNR is at
+    least `floor`.
+    """
+    value = metrics.get("psnr", float("nan"))
+    if math.isnan(value):
+        return -math.inf
+    if select == "psnr":
+        return value
+    ratio = metrics.get("hf_ratio", float("nan"))
+    if value < floor or math.isnan(ratio) or ratio <= 0:
+        return -math.inf
+    return -abs(math.log(ratio))
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -413,15 +506,14 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     train_records, val_records = split.subset("train"), split.subset("val")
-    if config.val_max_images:
-        val_records = val_records[: config.val_max_images]
+    val_records = spread(val_records, config.val_max_images)
     images = load_images(record_paths(train_records + val_records))
     dataset = CropDataset(
         train_records,
         images,
-        config.crop,
+        config.crop_for(0),
         config.degradations,
-        length=len(train_records) * config.crops_per_image,
+        length=config.items_for(0, len(train_records)),
         seed=config.seed,
     )
     sampler = _RankSampler(len(dataset), info, config.seed)
@@ -463,6 +555,8 @@ def train(
     if not config.l1_only:
         discriminator = PatchDiscriminator(config.ndf)
         init_weights(discriminator)
+        if config.spectral_norm:
+            apply_spectral_norm(discriminator)
     memory_format = torch.channels_last if cuda else torch.contiguous_format
     generator.to(device)
     if discriminator is not None:
@@ -480,6 +574,8 @@ def train(
     )
 
     start_epoch, best, best_epoch, history = 0, -math.inf, -1, []
+    # The PSNR the texture selection may not fall below: the starting generator's.
+    floor = -math.inf
     best_metrics: dict[str, float] = {}
     if resume is not None:
         state = torch.load(resume, map_location=device, weights_only=False)
@@ -504,6 +600,7 @@ def train(
         best = float(state["best_psnr"])
         best_epoch = int(state["best_epoch"])
         best_metrics = dict(state.get("best_metrics", {}))
+        floor = float(state.get("psnr_floor", -math.inf))
         history = list(state.get("history", []))
         start_info = state.get("start_from")
         logger.info("Resuming %s at epoch %d.", resume, start_epoch)
@@ -543,14 +640,29 @@ def train(
             info.world_size,
         )
 
+    if info.is_main and config.select == "texture" and resume is None:
+        start_metrics = validate(_unwrap(generator), val_examples, device)
+        floor = start_metrics["psnr"] - config.max_psnr_loss
+        logger.info(
+            "Starting generator: val PSNR %.3f dB, HF ratio %.3f; texture selection keeps epochs "
+            "at or above %.3f dB.",
+            start_metrics["psnr"],
+            start_metrics["hf_ratio"],
+            floor,
+        )
     writer = _tensorboard(run_dir) if info.is_main else None
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * (config.total_epochs - start_epoch)
+    total_steps = sum(
+        -(
+            -len(range(info.rank, config.items_for(e, len(train_records)), info.world_size))
+            // config.batch_size
+        )
+        for e in range(start_epoch, config.total_epochs)
+    )
     bar = _progress(total_steps, enabled=progress and info.is_main)
     autocast: AbstractContextManager[Any] = (
         torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     )
-    step = start_epoch * steps_per_epoch
+    step = int(history[-1]["step"]) if history else 0
     last: dict[str, float] = {}
     rate = 0.0
     for epoch in range(start_epoch, config.total_epochs):
@@ -559,7 +671,9 @@ def train(
             if optimizer is not None:
                 for group in optimizer.param_groups:
                     group["lr"] = base_lr * factor
-        dataset.set_epoch(epoch)
+        epoch_crop = config.crop_for(epoch)
+        dataset.set_epoch(epoch, epoch_crop, config.items_for(epoch, len(train_records)))
+        sampler.length = len(dataset)
         sampler.set_epoch(epoch)
         generator.train()
         sums = {"loss_l1": 0.0, "loss_gan": 0.0, "loss_d": 0.0}
@@ -568,7 +682,15 @@ def train(
             low = low.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             high = high.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             values = train_step(
-                generator, discriminator, opt_g, opt_d, low, high, config.lambda_l1, autocast
+                generator,
+                discriminator,
+                opt_g,
+                opt_d,
+                low,
+                high,
+                config.lambda_l1,
+                autocast,
+                config.gan_loss,
             )
             for key, value in values.items():
                 sums[key] += value
@@ -599,6 +721,8 @@ def train(
                 **last,
                 "val_psnr": metrics["psnr"],
                 "val_ssim": metrics["ssim"],
+                "val_hf_ratio": metrics["hf_ratio"],
+                "crop": epoch_crop,
                 "epoch_seconds": elapsed,
                 "images_per_second": rate,
             }
@@ -610,10 +734,14 @@ def train(
                 writer.add_scalar("train/lr", config.lr * factor, step)
                 writer.add_scalar("train/images_per_second", rate, step)
                 writer.flush()
-            improved = not math.isnan(metrics["psnr"]) and metrics["psnr"] > best
-            if improved or best_epoch < 0:
-                best, best_epoch = metrics["psnr"], epoch + 1
-                best_metrics = {"val_psnr": metrics["psnr"], "val_ssim": metrics["ssim"]}
+            score = selection_score(metrics, config.select, floor)
+            if score > best or best_epoch < 0:
+                best, best_epoch = score, epoch + 1
+                best_metrics = {
+                    "val_psnr": metrics["psnr"],
+                    "val_ssim": metrics["ssim"],
+                    "val_hf_ratio": metrics["hf_ratio"],
+                }
             payload = {
                 "version": CHECKPOINT_VERSION,
                 "epoch": epoch,
@@ -625,6 +753,7 @@ def train(
                 "opt_g": opt_g.state_dict(),
                 "opt_d": opt_d.state_dict() if opt_d is not None else None,
                 "best_psnr": best,
+                "psnr_floor": floor,
                 "best_epoch": best_epoch,
                 "best_metrics": best_metrics,
                 "history": history,
@@ -642,7 +771,8 @@ def train(
             message = (
                 f"epoch {epoch + 1}/{config.total_epochs}: l1 {last['loss_l1']:.5f} "
                 f"gan {last['loss_gan']:.3f} d {last['loss_d']:.3f} | val PSNR "
-                f"{metrics['psnr']:.3f} dB SSIM {metrics['ssim']:.4f} | {rate:.2f} img/s"
+                f"{metrics['psnr']:.3f} dB SSIM {metrics['ssim']:.4f} HF {metrics['hf_ratio']:.3f}"
+                f" | crop {epoch_crop} {rate:.2f} img/s"
                 f"{' *best*' if best_epoch == epoch + 1 else ''}"
             )
             if bar is not None:
