@@ -181,6 +181,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     """Validate the configuration; with ``--explain FILE`` show the matching rule."""
+    from dicom_node.routing import rule_strength
+    from dicom_node.strength import format_strength
+
     config = _load(args)
     source = config.source or "defaults"
     print(f"Configuration {source} is valid.")
@@ -190,12 +193,18 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         f"max {config.node.max_associations} associations"
     )
     print(f"  storage: {config.storage.data_dir} ({config.storage.effective_database_url})")
-    print(f"  model: {config.model.path or 'the bundled model'} ({config.model.source})")
+    print(
+        f"  model: {config.model.path or 'the bundled model'} ({config.model.source}), "
+        f"strength {format_strength(config.model.strength)}"
+    )
     for dest in config.destinations:
         print(f"  destination {dest.name}: {dest.ae_title}@{dest.host}:{dest.port}")
     for rule in config.rules:
         targets = ", ".join(rule.destinations) or "all destinations"
-        print(f"  rule {rule.name}: {rule.action} -> {targets}")
+        strength = ""
+        if rule.action == "enhance":
+            strength = f", strength {format_strength(rule_strength(config, rule))}"
+        print(f"  rule {rule.name}: {rule.action} -> {targets}{strength}")
     for path in args.explain or []:
         from dicom_node.dataset_info import inspect_file
         from dicom_node.routing import route
@@ -311,16 +320,27 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    """Enhance files offline: DICOM in → derived DICOM out; PNG/TIFF in → PNG out."""
+    """Enhance files offline: DICOM in → derived DICOM out; PNG/TIFF/JPEG in → PNG out."""
     from dataclasses import replace
 
     from dicom_node.offline import enhance_files
+    from dicom_node.strength import check_strength
 
+    strength: float | None = None
+    if args.strength is not None:
+        try:
+            strength = check_strength(args.strength, "--strength")
+        except ValueError as exc:
+            raise ConfigError(
+                f"--strength: {args.strength} is out of range; expected 0 to 1."
+            ) from exc
     config = _load_or_defaults(args)
     if args.model:
         model = replace(config.model, path=Path(args.model), path_source="command line")
         config = replace(config, model=model)
-    failures = enhance_files(config, [Path(p) for p in args.inputs], Path(args.output))
+    failures = enhance_files(
+        config, [Path(p) for p in args.inputs], Path(args.output), strength=strength
+    )
     return EXIT_FAILURE if failures else EXIT_OK
 
 
@@ -398,9 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=cmd_model_list)
 
     enh = sub.add_parser("enhance", parents=[common], help="enhance files offline")
-    enh.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM, PNG or TIFF files")
+    enh.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM, PNG, TIFF or JPEG files")
     enh.add_argument("--output", "-o", required=True, metavar="DIR")
     enh.add_argument("--model", metavar="FILE", help="an ONNX file instead of the configured one")
+    enh.add_argument(
+        "--strength",
+        type=float,
+        metavar="S",
+        help="share of the generator's correction, 0 (source) to 1 (generator output); "
+        "default: the matching rule's strength, else [model] strength",
+    )
     enh.set_defaults(func=cmd_enhance)
     return parser
 

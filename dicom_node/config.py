@@ -22,6 +22,7 @@ from typing import Any
 
 from dicom_node.errors import ConfigError
 from dicom_node.model_store import read_active
+from dicom_node.strength import DEFAULT_STRENGTH, check_strength
 
 DEFAULT_CONFIG_PATH = Path("config/node.toml")
 ENV_PREFIX = "DICOM_NODE_"
@@ -143,6 +144,16 @@ class Rule:
     Every ``match_*`` field that is set must match (logical AND); a list
     matches when any of its values matches. An empty string in
     `body_part_examined` matches an absent or empty BodyPartExamined.
+    `strength` (``enhance`` rules only) overrides ``[model] strength`` for
+    the instances this rule matches; None uses ``[model] strength``.
+
+    Raises
+    ------
+    TypeError
+        If `strength` is set and not a number.
+    ValueError
+        If `strength` is outside [0, 1], or set on a rule whose action is
+        not ``enhance``.
     """
 
     name: str
@@ -154,6 +165,17 @@ class Rule:
     view_position: tuple[str, ...] = ()
     calling_aet: tuple[str, ...] = ()
     series_description: str = ""
+    strength: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.strength is None:
+            return
+        if self.action != "enhance":
+            raise ValueError(
+                f"strength: {self.strength!r} is set on rule {self.name!r}, whose action is "
+                f"{self.action!r}; only an enhance rule has a strength."
+            )
+        object.__setattr__(self, "strength", check_strength(self.strength))
 
     @property
     def series_description_pattern(self) -> re.Pattern[str] | None:
@@ -184,12 +206,17 @@ class ModelSettings:
     `path` came from: ``"config"`` (the file or an environment override),
     ``"installed"`` (``dicom-node model install``, resolved by
     :func:`load_config`) or ``"command line"`` (``--model``); it is ignored
-    while `path` is None. :attr:`source` combines both.
+    while `path` is None. :attr:`source` combines both. `strength` is the
+    share of the generator's correction applied (see
+    :mod:`dicom_node.strength`), unless the matching rule sets its own.
 
     Raises
     ------
+    TypeError
+        If `strength` is not a number.
     ValueError
-        If `path_source` is not one of :data:`MODEL_PATH_SOURCES`.
+        If `path_source` is not one of :data:`MODEL_PATH_SOURCES`, or
+        `strength` is outside [0, 1].
     """
 
     path: Path | None = None
@@ -200,12 +227,14 @@ class ModelSettings:
     max_whole_pixels: int = 2304 * 2304
     warmup: bool = True
     path_source: str = "config"
+    strength: float = DEFAULT_STRENGTH
 
     def __post_init__(self) -> None:
         if self.path_source not in MODEL_PATH_SOURCES:
             raise ValueError(
                 f"path_source: {self.path_source!r} is not one of {', '.join(MODEL_PATH_SOURCES)}."
             )
+        object.__setattr__(self, "strength", check_strength(self.strength))
 
     @property
     def source(self) -> str:
@@ -319,6 +348,15 @@ def _host(value: object, key: str) -> str:
     if any(ch.isspace() for ch in text):
         raise ConfigError(f"{key}: {value!r} is not a valid host name or address.")
     return text
+
+
+def _strength(value: object, key: str) -> float:
+    try:
+        return check_strength(value, key)
+    except TypeError as exc:
+        raise ConfigError(f"{key}: {value!r} is not a number; expected 0 to 1.") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {value!r} is out of range; expected 0 to 1.") from exc
 
 
 def _check_keys(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -480,6 +518,7 @@ def _parse_rules(raw: Mapping[str, Any], destinations: tuple[Destination, ...]) 
             validate_ae_title(item, f"{k}[{i}]") for i, item in enumerate(_str_list(v, k))
         ),
         "series_description": _regex,
+        "strength": _strength,
     }
     rules: list[Rule] = []
     names = {d.name for d in destinations}
@@ -491,7 +530,13 @@ def _parse_rules(raw: Mapping[str, Any], destinations: tuple[Destination, ...]) 
         for required in ("name", "action"):
             if required not in item:
                 raise ConfigError(f"{where}: the key {required!r} is required.")
-        rule = Rule(**{key: parsers[key](item[key], f"{where}.{key}") for key in item})
+        values = {key: parsers[key](item[key], f"{where}.{key}") for key in item}
+        if "strength" in values and values["action"] != "enhance":
+            raise ConfigError(
+                f"{where}.strength: {item['strength']!r} is not allowed on a "
+                f"{values['action']!r} rule; only an enhance rule has a strength."
+            )
+        rule = Rule(**values)
         for dest in rule.destinations:
             if dest not in names:
                 raise ConfigError(
@@ -520,6 +565,7 @@ def _parse_model(raw: Mapping[str, Any], base: Path) -> ModelSettings:
             "tile_overlap": lambda v, k: _int(v, k, 0, 2048),
             "max_whole_pixels": lambda v, k: _int(v, k, 256 * 256),
             "warmup": _bool,
+            "strength": _strength,
         },
         ModelSettings,
     )

@@ -16,6 +16,7 @@ from sqlalchemy import (
     CursorResult,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -181,7 +183,12 @@ class DispatchAttempt(Base):
 
 
 class DerivedInstance(Base):
-    """Audit record of an instance the node produced, with its provenance."""
+    """Audit record of an instance the node produced, with its provenance.
+
+    `strength` is the share of the generator's correction that was applied
+    (see :mod:`dicom_node.strength`); it is NULL for rows written before the
+    node recorded it (those were made at strength 1).
+    """
 
     __tablename__ = "derived_instances"
 
@@ -196,6 +203,7 @@ class DerivedInstance(Base):
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(64))
     model_sha256: Mapped[str] = mapped_column(String(64))
+    strength: Mapped[float | None] = mapped_column(Float, nullable=True)
     provider: Mapped[str] = mapped_column(String(64))
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -252,7 +260,34 @@ def make_engine(storage: StorageSettings) -> Engine:
             # CREATE TABLE; one would fail. (SQLite's BEGIN IMMEDIATE serializes them.)
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
         Base.metadata.create_all(conn)
+        _add_missing_columns(conn)
     return engine
+
+
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("derived_instances", "strength"),)
+"""Nullable columns added after the first release: (table, column).
+
+``create_all`` creates missing tables but never changes an existing one, so
+a database made by an older version gets these with ``ALTER TABLE … ADD
+COLUMN`` (nullable, no default: old rows read NULL).
+"""
+
+
+def _add_missing_columns(conn: Any) -> None:
+    inspector = inspect(conn)
+    for table_name, column_name in ADDED_COLUMNS:
+        present = {column["name"] for column in inspector.get_columns(table_name)}
+        if column_name in present:
+            continue
+        column = Base.metadata.tables[table_name].c[column_name]
+        kind = column.type.compile(dialect=conn.dialect)
+        preparer = conn.dialect.identifier_preparer
+        conn.execute(
+            text(
+                f"ALTER TABLE {preparer.quote(table_name)} "
+                f"ADD COLUMN {preparer.quote(column_name)} {kind}"
+            )
+        )
 
 
 def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:

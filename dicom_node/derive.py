@@ -4,10 +4,11 @@
 (Explicit VR Little Endian, MONOCHROME2, 16 bit) that a radiologist finds
 next to the original: same patient and study, a new series, clearly labelled
 as AI-derived, pointing back at its source image and series, and naming the
-exact model (name, version, SHA-256 prefix) that produced it. UIDs are
-derived deterministically from the source UIDs and the model hash, so
-processing the same image with the same model again gives the same object
-identity and the PACS does not get duplicates.
+exact model (name, version, SHA-256 prefix) that produced it and the strength
+it was applied with. UIDs are derived deterministically from the source UIDs,
+the model hash and the strength, so processing the same image with the same
+model and strength again gives the same object identity and the PACS does not
+get duplicates, while another strength gives another series.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dicom_node.config import OutputSettings
 from dicom_node.dataset_info import is_valid_uid
 from dicom_node.model_meta import ModelMetadata
 from dicom_node.pixels import NormalizedImage, quantize
+from dicom_node.strength import DEFAULT_STRENGTH, check_strength, format_strength
 
 OUTPUT_BITS = 16
 OUTPUT_MAX = 2**OUTPUT_BITS - 1
@@ -51,18 +53,31 @@ class DerivedUIDs:
     sop_instance_uid: str
 
 
-def derived_uids(source: Dataset, model_sha256: str) -> DerivedUIDs:
+def derived_uids(
+    source: Dataset, model_sha256: str, strength: float = DEFAULT_STRENGTH
+) -> DerivedUIDs:
     """Deterministic UIDs for the derived series and instance.
 
-    The series UID depends only on the source series and the model, so all
-    images of one source series processed by one model land in one derived
-    series; the instance UID depends on the source instance and the model.
+    The series UID depends only on the source series, the model and the
+    strength, so all images of one source series processed by one model at
+    one strength land in one derived series; the instance UID depends on the
+    source instance, the model and the strength. Strength 1 (the generator's
+    output as it is) adds nothing to the entropy, so those objects keep the
+    UIDs they had before the strength existed; any other strength gives
+    other UIDs.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If `strength` is not a number from 0 to 1.
     """
+    value = check_strength(strength)
+    extra = [] if value == 1.0 else [f"strength={value!r}"]
     series = generate_uid(
-        entropy_srcs=["dicom-node-cxr/series", str(source.SeriesInstanceUID), model_sha256]
+        entropy_srcs=["dicom-node-cxr/series", str(source.SeriesInstanceUID), model_sha256, *extra]
     )
     instance = generate_uid(
-        entropy_srcs=["dicom-node-cxr/instance", str(source.SOPInstanceUID), model_sha256]
+        entropy_srcs=["dicom-node-cxr/instance", str(source.SOPInstanceUID), model_sha256, *extra]
     )
     return DerivedUIDs(series_instance_uid=str(series), sop_instance_uid=str(instance))
 
@@ -186,11 +201,17 @@ def _software_versions(model: ModelMetadata) -> list[str]:
     return [f"{PRODUCT_NAME} {__version__}"[:64], f"{model.name} {model.version}"[:64]]
 
 
-def derivation_description(model: ModelMetadata) -> str:
-    """DerivationDescription: the model, its version and its hash prefix."""
+def derivation_description(model: ModelMetadata, strength: float = DEFAULT_STRENGTH) -> str:
+    """DerivationDescription: the model, its version, its hash prefix and the strength.
+
+    Model name and version have at most 64 characters each
+    (:class:`~dicom_node.model_meta.ModelMetadata`), so the text stays far
+    below the 1024 characters of VR ST (DerivationDescription and
+    ContributionDescription).
+    """
     return (
         f"AI enhancement (pix2pix generator) by model {model.name} version {model.version}, "
-        f"ONNX SHA-256 {model.short_hash}"
+        f"ONNX SHA-256 {model.short_hash}, strength {format_strength(strength)}"
     )
 
 
@@ -201,6 +222,8 @@ def build_derived(
     model: ModelMetadata,
     settings: OutputSettings,
     now: dt.datetime | None = None,
+    *,
+    strength: float = DEFAULT_STRENGTH,
 ) -> hd.sc.SCImage:
     """Build the derived Secondary Capture image of `source`.
 
@@ -211,13 +234,18 @@ def build_derived(
     image : NormalizedImage
         The source as the model saw it (for the display window).
     enhanced : numpy.ndarray
-        The generator's output, float32 (Rows, Columns) in [0, 1], MONOCHROME2.
+        The pixels to store: the generator's output blended with the source
+        at `strength` (:func:`dicom_node.strength.blend`), float32 (Rows,
+        Columns) in [0, 1], MONOCHROME2.
     model : ModelMetadata
         The model that produced `enhanced`.
     settings : OutputSettings
         Series number offset and description template.
     now : datetime.datetime, optional
         Contribution time (default: now, UTC).
+    strength : float, optional
+        The strength `enhanced` was made with; recorded in the provenance
+        and part of the UIDs (default :data:`~dicom_node.strength.DEFAULT_STRENGTH`).
 
     Returns
     -------
@@ -227,8 +255,10 @@ def build_derived(
     Raises
     ------
     ValueError
-        If `enhanced` does not have the source's Rows and Columns, or the
-        source lacks a valid UID.
+        If `enhanced` does not have the source's Rows and Columns, the
+        source lacks a valid UID, or `strength` is outside [0, 1].
+    TypeError
+        If `strength` is not a number.
     """
     rows, cols = int(source.Rows), int(source.Columns)
     if enhanced.shape != (rows, cols):
@@ -238,8 +268,9 @@ def build_derived(
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not is_valid_uid(_text(source, keyword)):
             raise ValueError(f"The source's {keyword} is missing or invalid.")
+    strength = check_strength(strength)
     now = now or dt.datetime.now(dt.UTC)
-    uids = derived_uids(source, model.sha256)
+    uids = derived_uids(source, model.sha256, strength)
     orientation = _patient_orientation(source)
     spacing = source_pixel_spacing(source)
     laterality = _text(source, "Laterality").upper() or None
@@ -251,7 +282,7 @@ def build_derived(
         manufacturer_model_name=model.name[:64],
         software_versions=_software_versions(model),
         contribution_datetime=now.replace(tzinfo=None),
-        contribution_description=derivation_description(model),
+        contribution_description=derivation_description(model, strength),
     )
     pixels = quantize(enhanced, OUTPUT_BITS)
     with warnings.catch_warnings():
@@ -290,7 +321,7 @@ def build_derived(
     derived.ConversionType = "WSD"
     derived.SeriesDescription = series_description(source, settings)
     derived.ImageComments = _comment(model)
-    derived.DerivationDescription = derivation_description(model)
+    derived.DerivationDescription = derivation_description(model, strength)
     derived.ManufacturerModelName = model.name[:64]
     _set(derived, "SoftwareVersions", _software_versions(model))
     derived.BurnedInAnnotation = "NO"

@@ -1,7 +1,9 @@
-"""The ``enhance`` action: decode → normalise → infer → derive → spool.
+"""The ``enhance`` action: decode → normalise → infer → blend → derive → spool.
 
-The derived file is written atomically to the spool and its audit row
-(source UIDs, model hash, provider, timings) is committed in the same
+The blend applies the strength (the routing rule's, else ``[model]
+strength``; see :mod:`dicom_node.strength`) in the [0, 1] space. The derived
+file is written atomically to the spool and its audit row (source UIDs,
+model hash, strength, provider, timings) is committed in the same
 transaction that completes the job; the dispatcher then sends it.
 """
 
@@ -25,8 +27,10 @@ from dicom_node.inference import Enhancer, get_enhancer
 from dicom_node.jobs import ClaimedJob, Output
 from dicom_node.logs import log_event, ms_fields
 from dicom_node.pixels import NormalizedImage, normalize_dataset
+from dicom_node.routing import enhance_strength
 from dicom_node.runtime import Runtime
 from dicom_node.spool import spool_path, write_atomic
+from dicom_node.strength import DEFAULT_STRENGTH, blend, check_strength
 from dicom_node.worker import ProcessResult
 
 logger = logging.getLogger(__name__)
@@ -56,9 +60,17 @@ def encode(derived: Dataset) -> bytes:
 
 
 def enhance_dataset(
-    source: Dataset, enhancer: Enhancer, output: OutputSettings
+    source: Dataset,
+    enhancer: Enhancer,
+    output: OutputSettings,
+    strength: float = DEFAULT_STRENGTH,
 ) -> tuple[Dataset, NormalizedImage, dict[str, float]]:
     """Run the pixel pipeline and the generator on `source`; build the derived object.
+
+    The generator's output is blended with the normalised source at
+    `strength` (0: the source's pixels, 1: the generator's output) before
+    the derived object is built; the strength goes into its provenance and
+    UIDs. Strength 0 still runs the model and gives a derived object.
 
     Returns the derived dataset, the normalised source and the stage timings
     (``decode``, ``inference``, ``derive``) in milliseconds.
@@ -67,13 +79,17 @@ def enhance_dataset(
     ------
     PixelDataError
         If the pixel data cannot be decoded or is not a supported image.
+    TypeError, ValueError
+        If `strength` is not a number from 0 to 1.
     """
+    strength = check_strength(strength)
     start = time.perf_counter()
     image = normalize_dataset(source)
     decoded = time.perf_counter()
     enhanced, _timings = enhancer.enhance(image.pixels)
+    enhanced = blend(image.pixels, enhanced, strength)
     inferred = time.perf_counter()
-    derived = build_derived(source, image, enhanced, enhancer.metadata, output)
+    derived = build_derived(source, image, enhanced, enhancer.metadata, output, strength=strength)
     built = time.perf_counter()
     timings = {
         "decode": (decoded - start) * 1000,
@@ -96,10 +112,11 @@ def enhance_job(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
     config = runtime.config
     queue_wait = max(0.0, (job.claimed_at - job.created_at).total_seconds() * 1000)
     enhancer = get_enhancer(config.model)
+    strength = enhance_strength(config, job.rule)
     read_start = time.perf_counter()
     source = read_source(job.path)
     read_ms = (time.perf_counter() - read_start) * 1000
-    derived, _image, stage = enhance_dataset(source, enhancer, config.output)
+    derived, _image, stage = enhance_dataset(source, enhancer, config.output, strength)
     encode_start = time.perf_counter()
     data = encode(derived)
     path = spool_path(config.storage.spool_dir, "derived", str(derived.SOPInstanceUID), utcnow())
@@ -132,6 +149,7 @@ def enhance_job(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
         row.model_name = model.name
         row.model_version = model.version
         row.model_sha256 = model.sha256
+        row.strength = strength
         row.provider = provider
         row.timings = dict(timings)
         row.created_at = utcnow()
@@ -145,6 +163,7 @@ def enhance_job(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
         series_instance_uid=str(derived.SeriesInstanceUID),
         model=f"{model.name} {model.version}",
         model_sha256=model.short_hash,
+        strength=strength,
         provider=provider,
         rows=int(derived.Rows),
         columns=int(derived.Columns),

@@ -73,6 +73,8 @@ class ClaimedJob:
     destinations: tuple[str, ...]
     created_at: dt.datetime
     claimed_at: dt.datetime
+    rule: str | None = None
+    """Name of the rule that routed the instance (None: no rule)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ def claim_job(runtime: Runtime) -> ClaimedJob | None:
                 destinations=tuple(job.destinations or ()),
                 created_at=job.created_at,
                 claimed_at=now,
+                rule=job.rule,
             )
     return None
 

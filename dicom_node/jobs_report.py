@@ -12,6 +12,7 @@ from sqlalchemy.orm import selectinload
 
 from dicom_node.db import Dispatch, Instance, Job, Series
 from dicom_node.runtime import Runtime
+from dicom_node.strength import format_strength
 
 
 def list_jobs(runtime: Runtime, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -89,6 +90,7 @@ def show_job(runtime: Runtime, job_id: int) -> dict[str, Any] | None:
                     "source_series_instance_uid": d.source_series_instance_uid,
                     "model": f"{d.model_name} {d.model_version}",
                     "model_sha256": d.model_sha256,
+                    "strength": d.strength,
                     "provider": d.provider,
                     "timings_ms": d.timings,
                     "path": d.path,
@@ -185,6 +187,8 @@ def format_detail(detail: dict[str, Any]) -> str:
         for key, value in derived.items():
             if key == "timings_ms":
                 value = ", ".join(f"{k} {_fmt(v)} ms" for k, v in value.items())
+            elif key == "strength" and value is not None:
+                value = format_strength(value)
             if key != "sop_instance_uid":
                 lines.append(f"    {key}: {_fmt(value)}")
     for dispatch in detail["dispatches"]:

@@ -1,10 +1,13 @@
 """``dicom-node enhance``: the node's pipeline on files, without a network.
 
 DICOM in → derived DICOM out, exactly as the node would produce it (same
-routing rules, labels and provenance); grayscale PNG or TIFF (8 or 16 bit) in
-→ PNG of the same size and bit depth out. One summary line per file; a file
-that cannot be processed gets a one-line reason and the others are still
-processed. Outputs never overwrite an input.
+routing rules, strength, labels and provenance); grayscale PNG or TIFF (8 or
+16 bit) or JPEG (8 bit) in → PNG of the same size and bit depth out (a bit
+depth below 16 in a 16-bit file is written back as the PNG sBIT chunk). The
+strength is ``--strength`` when given, else the matching rule's (DICOM) or
+``[model] strength``. One summary line per file; a file that cannot be
+processed gets a one-line reason and the others are still processed.
+Outputs never overwrite an input.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dicom_node.inference import Enhancer, get_enhancer
 from dicom_node.pixels import IMAGE_SUFFIXES, quantize, read_image_file
 from dicom_node.routing import route
 from dicom_node.spool import write_atomic
+from dicom_node.strength import blend, check_strength, format_strength
 
 
 class UnprocessableFileError(Exception):
@@ -42,30 +46,57 @@ def _output_path(source: Path, output_dir: Path, suffix: str | None = None) -> P
     return target
 
 
-def enhance_image_file(path: Path, output_dir: Path, enhancer: Enhancer) -> str:
-    """Enhance a PNG/TIFF; write a PNG of the same size and bit depth. Returns a summary."""
-    from PIL import Image
+def png_bytes(values: np.ndarray, bits: int) -> bytes:
+    """Encode grayscale `values` as a PNG whose bit depth says `bits`.
 
+    uint8 gives an 8-bit PNG; uint16 a 16-bit PNG, with an sBIT chunk when
+    `bits` is below 16, so that :func:`~dicom_node.pixels.read_image_file`
+    reads the values at the same depth again.
+    """
+    from PIL import Image, PngImagePlugin
+
+    info = None
+    if values.dtype == np.uint16 and bits < 16:
+        info = PngImagePlugin.PngInfo()
+        info.add(b"sBIT", bytes([bits]))
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def enhance_image_file(path: Path, output_dir: Path, enhancer: Enhancer, strength: float) -> str:
+    """Enhance a PNG/TIFF/JPEG; write a PNG of the same size and bit depth. Returns a summary."""
     try:
         image, raw = read_image_file(path)
     except NodeError as exc:
         raise UnprocessableFileError(str(exc)) from exc
     enhanced, timings = enhancer.enhance(image.pixels)
-    values = quantize(enhanced, image.bits_stored)
+    enhanced = blend(image.pixels, enhanced, strength)
+    # The input's container (8 or 16 bit) and value depth: a 16-bit file that
+    # declares 8 bits or fewer stays a 16-bit PNG, with its sBIT.
+    values = quantize(enhanced, image.bits_stored).astype(raw.dtype)
     target = _output_path(path, output_dir, ".png")
-    buffer = io.BytesIO()
-    Image.fromarray(values).save(buffer, format="PNG")
-    write_atomic(target, buffer.getvalue())
+    write_atomic(target, png_bytes(values, image.bits_stored))
     rows, cols = raw.shape
-    container = 8 if raw.dtype == np.uint8 else 16
+    container = 8 if values.dtype == np.uint8 else 16
     return (
         f"{path} -> {target} ({cols}x{rows}, {container}-bit PNG, {image.bits_stored}-bit values, "
-        f"{timings.tiles} tile(s), inference {timings.inference_ms / 1000:.2f} s)"
+        f"strength {format_strength(strength)}, {timings.tiles} tile(s), "
+        f"inference {timings.inference_ms / 1000:.2f} s)"
     )
 
 
-def enhance_dicom_file(path: Path, output_dir: Path, enhancer: Enhancer, config: Config) -> str:
-    """Enhance a DICOM image into a derived Secondary Capture. Returns a summary."""
+def enhance_dicom_file(
+    path: Path,
+    output_dir: Path,
+    enhancer: Enhancer,
+    config: Config,
+    strength: float | None = None,
+) -> str:
+    """Enhance a DICOM image into a derived Secondary Capture. Returns a summary.
+
+    `strength` None uses the matching rule's strength, else ``[model] strength``.
+    """
     try:
         source = pydicom.dcmread(path)
         transfer_syntax = str(source.file_meta.TransferSyntaxUID)
@@ -79,29 +110,54 @@ def enhance_dicom_file(path: Path, output_dir: Path, enhancer: Enhancer, config:
             f"BodyPartExamined {info.body_part_examined or '-'}, SOP Class {info.sop_class_uid})"
         )
     target = _output_path(path, output_dir)
+    if strength is None:
+        strength = decision.strength if decision.strength is not None else config.model.strength
     try:
-        derived, image, timings = enhance_dataset(source, enhancer, config.output)
+        derived, image, timings = enhance_dataset(source, enhancer, config.output, strength)
     except NodeError as exc:
         raise UnprocessableFileError(str(exc)) from exc
     write_atomic(target, encode(derived))
     photometric = "MONOCHROME1" if image.inverted else "MONOCHROME2"
     return (
         f"{path} -> {target} ({derived.Columns}x{derived.Rows}, {image.bits_stored}-bit "
-        f"{photometric} in, SOP Instance UID {derived.SOPInstanceUID}, "
+        f"{photometric} in, strength {format_strength(strength)}, "
+        f"SOP Instance UID {derived.SOPInstanceUID}, "
         f"inference {timings['inference'] / 1000:.2f} s)"
     )
 
 
 def enhance_files(
-    config: Config, inputs: list[Path], output_dir: Path, out: TextIO | None = None
+    config: Config,
+    inputs: list[Path],
+    output_dir: Path,
+    out: TextIO | None = None,
+    strength: float | None = None,
 ) -> int:
     """Enhance every input; print one line per file. Returns the number of failures.
+
+    Parameters
+    ----------
+    config : Config
+        Model, routing rules, strength and output labels.
+    inputs : list[pathlib.Path]
+        DICOM, PNG, TIFF or JPEG files.
+    output_dir : pathlib.Path
+        Where the results go (created when missing).
+    out : TextIO, optional
+        Where the summary lines go (default: standard output).
+    strength : float, optional
+        Strength for every file; None: the matching rule's strength (DICOM),
+        else ``[model] strength``.
 
     Raises
     ------
     ModelError
         If the model cannot be loaded (nothing can be processed then).
+    TypeError, ValueError
+        If `strength` is not a number from 0 to 1.
     """
+    if strength is not None:
+        strength = check_strength(strength)
     out = out or sys.stdout
     output_dir.mkdir(parents=True, exist_ok=True)
     enhancer = get_enhancer(config.model)
@@ -112,9 +168,10 @@ def enhance_files(
             if not path.is_file():
                 raise UnprocessableFileError("no such file")
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                summary = enhance_image_file(path, output_dir, enhancer)
+                image_strength = config.model.strength if strength is None else strength
+                summary = enhance_image_file(path, output_dir, enhancer, image_strength)
             else:
-                summary = enhance_dicom_file(path, output_dir, enhancer, config)
+                summary = enhance_dicom_file(path, output_dir, enhancer, config, strength)
         except (UnprocessableFileError, NodeError) as exc:
             failures += 1
             print(f"FAILED {path}: {exc}", file=out, flush=True)

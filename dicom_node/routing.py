@@ -3,7 +3,9 @@
 Rules are tried in configuration order; the first that matches wins. An
 instance no rule matches is kept for the retention period and not processed.
 An instance this node produced is never processed again (loop prevention),
-whatever the rules say.
+whatever the rules say. The strength of an ``enhance`` is the matching
+rule's ``strength`` when it sets one, else ``[model] strength``
+(:func:`enhance_strength`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,29 @@ class Route:
     rule: str | None
     destinations: tuple[str, ...]
     reason: str
+    strength: float | None = None
+    """For ``enhance``: the share of the generator's correction to apply."""
+
+
+def rule_strength(config: Config, rule: Rule) -> float:
+    """The strength `rule` applies: its own ``strength``, else ``[model] strength``."""
+    return rule.strength if rule.strength is not None else config.model.strength
+
+
+def enhance_strength(config: Config, rule: str | None) -> float:
+    """The strength for an instance that the rule named `rule` sent to ``enhance``.
+
+    The worker calls this when it processes the job, with the rule name
+    recorded at routing time, so the current configuration decides. The
+    first ``enhance`` rule of that name gives its strength
+    (:func:`rule_strength`); a name that no configured ``enhance`` rule has
+    (the configuration changed since the instance was routed) gets
+    ``[model] strength``.
+    """
+    for candidate in config.rules:
+        if candidate.name == rule and candidate.action == "enhance":
+            return rule_strength(config, candidate)
+    return config.model.strength
 
 
 def rule_matches(rule: Rule, info: InstanceInfo, calling_aet: str) -> bool:
@@ -65,5 +90,6 @@ def route(config: Config, info: InstanceInfo, calling_aet: str) -> Route:
             if rule.action == "ignore":
                 return Route("ignore", rule.name, (), f"rule {rule.name!r} says ignore")
             names = rule.destinations or tuple(d.name for d in config.destinations)
-            return Route(rule.action, rule.name, names, f"matched rule {rule.name!r}")
+            strength = rule_strength(config, rule) if rule.action == "enhance" else None
+            return Route(rule.action, rule.name, names, f"matched rule {rule.name!r}", strength)
     return Route("ignore", None, (), "no rule matches")

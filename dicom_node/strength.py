@@ -36,6 +36,12 @@ def check_strength(value: object, key: str = "strength") -> float:
     return number
 
 
+def format_strength(strength: float) -> str:
+    """The strength as provenance shows it: two decimals (``0.80``), more only when needed."""
+    text = f"{strength:.2f}"
+    return text if float(text) == strength else f"{strength:.6g}"
+
+
 def blend(source: np.ndarray, enhanced: np.ndarray, strength: float) -> np.ndarray:
     """Apply `strength` of the generator's correction to `source`.
 

@@ -20,10 +20,13 @@ from dicom_node.config import (
     DEFAULT_RULES,
     Config,
     ConfigError,
+    ModelSettings,
+    Rule,
     apply_env_overrides,
     load_config,
     parse_config,
 )
+from dicom_node.strength import DEFAULT_STRENGTH
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "node.example.toml"
@@ -82,6 +85,37 @@ def test_a_full_configuration(tmp_path: Path) -> None:
     assert config.rules[0].modality == ("CR", "DX")
     with pytest.raises(ConfigError, match="no destination named 'nope'"):
         config.destination("nope")
+
+
+def test_strength_default_model_value_and_rule_override() -> None:
+    assert parse({}).model.strength == DEFAULT_STRENGTH
+    assert all(rule.strength is None for rule in parse({}).rules)
+    config = parse(
+        {
+            "model": {"strength": 0.8},
+            "rules": [
+                {"name": "soft", "action": "enhance", "strength": 0.7},
+                {"name": "model-default", "action": "enhance"},
+                {"name": "none", "action": "enhance", "strength": 0},
+                {"name": "fwd", "action": "forward"},
+            ],
+        }
+    )
+    assert config.model.strength == 0.8
+    assert [rule.strength for rule in config.rules] == [0.7, None, 0.0, None]
+    # Integers are numbers too, kept as floats.
+    assert isinstance(config.rules[2].strength, float)
+    assert parse({"model": {"strength": 1}}).model.strength == 1.0
+
+
+def test_strength_built_in_code_is_checked_too() -> None:
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        ModelSettings(strength=1.2)
+    with pytest.raises(TypeError, match="must be a number"):
+        ModelSettings(strength="high")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="only an enhance rule has a strength"):
+        Rule(name="fwd", action="forward", strength=0.5)
+    assert Rule(name="e", action="enhance", strength=0.5).strength == 0.5
 
 
 def test_relative_paths_resolve_against_the_folder_holding_config(tmp_path: Path) -> None:
@@ -153,6 +187,31 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "'(('",
     ),
     ({"logging": {"level": "LOUD"}}, "logging.level", "'LOUD'"),
+    ({"model": {"strength": 1.5}}, "model.strength", "1.5"),
+    ({"model": {"strength": -0.1}}, "model.strength", "-0.1"),
+    ({"model": {"strength": float("nan")}}, "model.strength", "nan"),
+    ({"model": {"strength": "0.5"}}, "model.strength", "'0.5'"),
+    ({"model": {"strength": True}}, "model.strength", "True"),
+    (
+        {"rules": [{"name": "r", "action": "enhance", "strength": 2}]},
+        "rules[0].strength",
+        "2",
+    ),
+    (
+        {"rules": [{"name": "r", "action": "enhance", "strength": "strong"}]},
+        "rules[0].strength",
+        "'strong'",
+    ),
+    (
+        {"rules": [{"name": "r", "action": "forward", "strength": 0.7}]},
+        "rules[0].strength",
+        "0.7",
+    ),
+    (
+        {"rules": [{"name": "r", "action": "ignore", "strength": 0.7}]},
+        "rules[0].strength",
+        "0.7",
+    ),
     ({"node": {"colour": "blue"}}, "[node]", "'colour'"),
     ({"nodes": {}}, "configuration", "'nodes'"),
 ]
@@ -166,6 +225,27 @@ def test_a_bad_value_is_named_with_its_key(raw: dict[str, Any], key: str, shown:
     assert message.startswith(f"{key}:") or message.startswith(key), message
     assert shown in message, message
     assert "\n" not in message
+
+
+def test_strength_messages_say_what_is_wrong() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^model\.strength: 1\.5 is out of range; expected 0 to 1"
+    ):
+        parse({"model": {"strength": 1.5}})
+    with pytest.raises(ConfigError, match=r"^model\.strength: '0\.5' is not a number"):
+        parse({"model": {"strength": "0.5"}})
+    with pytest.raises(
+        ConfigError,
+        match=r"^rules\[1\]\.strength: 0\.7 is not allowed on a 'forward' rule; only an enhance",
+    ):
+        parse(
+            {
+                "rules": [
+                    {"name": "e", "action": "enhance", "strength": 0.7},
+                    {"name": "f", "action": "forward", "strength": 0.7},
+                ]
+            }
+        )
 
 
 def test_missing_required_destination_key() -> None:
@@ -193,6 +273,18 @@ def test_environment_overrides_single_values(tmp_path: Path) -> None:
     assert config.node.allowed_calling_aets == ("CT01", "DX01")
     assert config.storage.database_url == "postgresql+psycopg://node@db/node"
     assert config.jobs.retry_base_delay == 0.5
+
+
+def test_environment_overrides_the_strength(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(to_toml({"model": {"strength": 0.9}}))
+    assert load_config(path, environ={}).model.strength == 0.9
+    assert load_config(path, environ={"DICOM_NODE_MODEL_STRENGTH": "0.6"}).model.strength == 0.6
+    assert load_config(path, environ={"DICOM_NODE_MODEL_STRENGTH": "0"}).model.strength == 0.0
+    with pytest.raises(ConfigError, match=r"^model\.strength: 1\.2 is out of range"):
+        load_config(path, environ={"DICOM_NODE_MODEL_STRENGTH": "1.2"})
+    with pytest.raises(ConfigError, match=r"^model\.strength: 'strong' is not a number"):
+        load_config(path, environ={"DICOM_NODE_MODEL_STRENGTH": "strong"})
 
 
 def test_a_bad_environment_value_names_the_key(tmp_path: Path) -> None:
@@ -229,9 +321,14 @@ def test_the_example_configuration_is_valid_and_documents_every_key(tmp_path: Pa
         "ae_title", "host", "port", "allowed_calling_aets", "max_associations",
         "data_dir", "database_url", "retention_days",
         "name", "action", "destinations",
+        "strength",
     }  # fmt: skip
     assert keys <= documented, f"undocumented keys: {sorted(keys - documented)}"
     assert "#" in text and raw  # commented, and not empty
+    # The example leaves the strength to the built-in default, so changing
+    # DEFAULT_STRENGTH changes what a copy of the example does.
+    assert "strength" not in raw["model"]
+    assert load_config(EXAMPLE, environ={}).model.strength == DEFAULT_STRENGTH
 
 
 # --------------------------------------------------------------------------- through the CLI
@@ -243,6 +340,12 @@ CLI_CASES = [
     ('[node]\nae_title = "BELL\\u0007"\n', "node.ae_title", "'BELL\\x07'"),
     ("[node]\nport = 99999\n", "node.port", "99999"),
     ("[jobs]\nmax_attempts = 2.5\n", "jobs.max_attempts", "2.5"),
+    ("[model]\nstrength = 1.5\n", "model.strength", "1.5"),
+    (
+        '[[rules]]\nname = "f"\naction = "forward"\nstrength = 0.7\n',
+        "rules[0].strength",
+        "0.7",
+    ),
 ]
 
 
@@ -303,6 +406,29 @@ def test_config_check_reports_a_valid_file(tmp_path: Path) -> None:
     assert "is valid" in result.stdout
     assert "destination pacs: PACS@127.0.0.1:104" in result.stdout
     assert "rule fwd: forward -> all destinations" in result.stdout
+
+
+def test_config_check_shows_the_strengths(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        to_toml(
+            {
+                "model": {"strength": 0.8},
+                "rules": [
+                    {"name": "soft", "action": "enhance", "strength": 0.7},
+                    {"name": "plain", "action": "enhance"},
+                    {"name": "fwd", "action": "forward"},
+                ],
+            }
+        )
+    )
+    result = run_cli("config", "check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("  model: ") and line.endswith(", strength 0.80") for line in lines)
+    assert "  rule soft: enhance -> all destinations, strength 0.70" in lines
+    assert "  rule plain: enhance -> all destinations, strength 0.80" in lines
+    assert "  rule fwd: forward -> all destinations" in lines
 
 
 @pytest.mark.network

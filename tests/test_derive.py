@@ -12,11 +12,12 @@ import pydicom
 import pytest
 from dicom_factory import DX_PRESENTATION, RG1, xray
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from dicom_node import PRODUCT_NAME, __version__
 from dicom_node.config import OutputSettings
 from dicom_node.dataset_info import produced_by_node
-from dicom_node.derive import build_derived, derived_uids
+from dicom_node.derive import build_derived, derivation_description, derived_uids
 from dicom_node.model_meta import ModelMetadata
 from dicom_node.pixels import normalize_dataset
 
@@ -38,11 +39,13 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in lines if line.startswith("Error")]
 
 
-def derive(source: Dataset, model: ModelMetadata = MODEL, **output: object) -> Dataset:
+def derive(
+    source: Dataset, model: ModelMetadata = MODEL, strength: float = 1.0, **output: object
+) -> Dataset:
     image = normalize_dataset(source)
     enhanced = np.clip(image.pixels * 0.9 + 0.05, 0, 1)
     settings = replace(OutputSettings(), **output)  # type: ignore[arg-type]
-    return build_derived(source, image, enhanced, model, settings)
+    return build_derived(source, image, enhanced, model, settings, strength=strength)
 
 
 def write_read(ds: Dataset, path: Path) -> Dataset:
@@ -105,7 +108,7 @@ def test_labelled_as_ai_derived(rg1_derived: Dataset) -> None:
     assert "cxr-pix2pix 2.1.0" in d.ImageComments
     assert d.DerivationDescription == (
         "AI enhancement (pix2pix generator) by model cxr-pix2pix version 2.1.0, "
-        f"ONNX SHA-256 {'ab' * 8}"
+        f"ONNX SHA-256 {'ab' * 8}, strength 1.00"
     )
     assert d.BurnedInAnnotation == "NO"
     # RG1 went through lossy JPEG 2000 once: the derived image must say so too.
@@ -175,6 +178,62 @@ def test_uids_are_deterministic(rg1: Dataset) -> None:
     other_model = derive(rg1, replace(MODEL, sha256="cd" * 32))
     assert other_model.SOPInstanceUID != first.SOPInstanceUID
     assert other_model.SeriesInstanceUID != first.SeriesInstanceUID
+
+
+def test_uids_depend_on_the_strength(rg1: Dataset) -> None:
+    at_08 = derived_uids(rg1, MODEL.sha256, 0.8)
+    assert derived_uids(rg1, MODEL.sha256, 0.8) == at_08  # same image, model, strength
+    for other in (0.7, 0.0, 1.0, 0.80001):
+        uids = derived_uids(rg1, MODEL.sha256, other)
+        assert uids.series_instance_uid != at_08.series_instance_uid, other
+        assert uids.sop_instance_uid != at_08.sop_instance_uid, other
+    # The object built at a strength has exactly those UIDs.
+    built = derive(rg1, strength=0.8)
+    assert (built.SeriesInstanceUID, built.SOPInstanceUID) == (
+        at_08.series_instance_uid,
+        at_08.sop_instance_uid,
+    )
+    assert derived_uids(rg1, MODEL.sha256, 1) == derived_uids(rg1, MODEL.sha256, 1.0)
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        derived_uids(rg1, MODEL.sha256, 1.5)
+
+
+def test_full_strength_keeps_the_uids_made_before_strength_existed(rg1: Dataset) -> None:
+    # Objects already in a PACS were made at strength 1 with this entropy: the same
+    # image and model must still give the same identity, not a duplicate series.
+    series = "dicom-node-cxr/series", str(rg1.SeriesInstanceUID), MODEL.sha256
+    instance = "dicom-node-cxr/instance", str(rg1.SOPInstanceUID), MODEL.sha256
+    uids = derived_uids(rg1, MODEL.sha256, 1.0)
+    assert uids.series_instance_uid == generate_uid(entropy_srcs=list(series))
+    assert uids.sop_instance_uid == generate_uid(entropy_srcs=list(instance))
+
+
+def test_derivation_description_records_the_strength(rg1: Dataset, tmp_path: Path) -> None:
+    d = write_read(derive(rg1, strength=0.8), tmp_path / "s08.dcm")
+    assert d.DerivationDescription == (
+        "AI enhancement (pix2pix generator) by model cxr-pix2pix version 2.1.0, "
+        f"ONNX SHA-256 {'ab' * 8}, strength 0.80"
+    )
+    (ours,) = [i for i in d.ContributingEquipmentSequence if i.Manufacturer == PRODUCT_NAME]
+    assert ours.ContributionDescription == d.DerivationDescription
+    assert "strength 0.00" in derive(rg1, strength=0.0).DerivationDescription
+    # Within VR ST (1024 characters) even with the longest name and version.
+    longest = replace(MODEL, name="n" * 64, version="v" * 64)
+    assert len(derivation_description(longest, 0.125)) <= 1024
+    assert dciodvfy_errors(tmp_path / "s08.dcm") == []
+
+
+def test_strength_zero_is_still_a_derived_object(rg1: Dataset) -> None:
+    image = normalize_dataset(rg1)
+    d = build_derived(rg1, image, image.pixels, MODEL, OutputSettings(), strength=0.0)
+    assert list(d.ImageType) == ["DERIVED", "SECONDARY"]
+    assert d.SOPInstanceUID == derived_uids(rg1, MODEL.sha256, 0.0).sop_instance_uid
+    assert d.SOPInstanceUID != rg1.SOPInstanceUID
+
+
+def test_a_bad_strength_is_refused(rg1: Dataset) -> None:
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        derive(rg1, strength=-0.5)
 
 
 def test_one_derived_series_per_source_series() -> None:

@@ -9,16 +9,18 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import RG1, ct, gradient_image, rgb_secondary_capture, save, xray
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from dicom_node.pixels import (
     PixelDataError,
-    effective_bits,
+    declared_bits,
     normalize_dataset,
+    png_significant_bits,
     quantize,
     read_any,
     read_image_file,
+    tiff_significant_bits,
 )
 
 
@@ -167,30 +169,109 @@ def test_signed_ct_normalises_into_unit_range() -> None:
     assert image.low == -32768 and image.high == 32767
 
 
-def test_png_8_and_16_bit(tmp_path: Path) -> None:
+def save_png16(values: np.ndarray, path: Path, sbit: int | None = None) -> Path:
+    """Write a 16-bit grayscale PNG, with an sBIT chunk when `sbit` is given."""
+    info = None
+    if sbit is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add(b"sBIT", bytes([sbit]))
+    Image.fromarray(values.astype(np.uint16)).save(path, pnginfo=info)
+    return path
+
+
+def test_png_8_bit(tmp_path: Path) -> None:
     eight = gradient_image(50, 70, 8)
     Image.fromarray(eight).save(tmp_path / "eight.png")
     image, raw = read_image_file(tmp_path / "eight.png")
     assert image.bits_stored == 8 and raw.dtype == np.uint8
     np.testing.assert_allclose(image.pixels, eight / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(quantize(image.pixels, 8), eight)
 
+
+def test_16_bit_png_with_sbit_is_read_at_the_declared_depth(tmp_path: Path) -> None:
     fifteen = gradient_image(50, 70, 15)
-    Image.fromarray(fifteen).save(tmp_path / "fifteen.png")
-    image, raw = read_image_file(tmp_path / "fifteen.png")
+    path = save_png16(fifteen, tmp_path / "fifteen.png", sbit=15)
+    assert png_significant_bits(path) == 15
+    image, raw = read_image_file(path)
     assert image.bits_stored == 15 and raw.dtype == np.uint16
+    assert image.high == 32767.0
+    np.testing.assert_allclose(image.pixels, fifteen / 32767.0, atol=1e-6)
     np.testing.assert_array_equal(quantize(image.pixels, 15), fifteen)
 
-    Image.fromarray(fifteen).save(tmp_path / "fifteen.tif")
-    tif, _ = read_image_file(tmp_path / "fifteen.tif")
-    np.testing.assert_array_equal(tif.pixels, image.pixels)
+
+def test_dim_16_bit_png_without_sbit_stays_dim(tmp_path: Path) -> None:
+    # A dark 16-bit image (brightest pixel 20000 < 2^15): no sBIT, so 16-bit. The
+    # old rule took the depth from the brightest pixel and would have read it as
+    # 15-bit, i.e. twice as bright.
+    dim = (gradient_image(40, 60, 16).astype(np.float64) * (20000 / 65535)).astype(np.uint16)
+    dim[0, 0] = 20000
+    assert dim.max() == 20000
+    path = save_png16(dim, tmp_path / "dim.png")
+    assert png_significant_bits(path) is None
+    image, raw = read_image_file(path)
+    assert image.bits_stored == 16 and image.high == 65535.0
+    np.testing.assert_array_equal(raw, dim)
+    np.testing.assert_allclose(image.pixels, dim / 65535.0, atol=1e-6)
+    assert float(image.pixels.max()) == pytest.approx(20000 / 65535, abs=1e-6)
 
 
-def test_effective_bits_of_16_bit_files() -> None:
-    assert effective_bits(np.array([0, 255], dtype=np.uint8)) == 8
-    assert effective_bits(np.array([0, 4095], dtype=np.uint16)) == 12
-    assert effective_bits(np.array([0, 100], dtype=np.uint16)) == 12
-    assert effective_bits(np.array([0, 32767], dtype=np.uint16)) == 15
-    assert effective_bits(np.array([0, 65535], dtype=np.uint16)) == 16
+def test_sbit_that_the_values_exceed_is_ignored(tmp_path: Path) -> None:
+    values = gradient_image(20, 30, 16)
+    assert values.max() >= 2**12
+    image, _ = read_image_file(save_png16(values, tmp_path / "liar.png", sbit=12))
+    assert image.bits_stored == 16
+
+
+def test_16_bit_tiff(tmp_path: Path) -> None:
+    sixteen = gradient_image(50, 70, 16)
+    Image.fromarray(sixteen).save(tmp_path / "sixteen.tif")
+    image, raw = read_image_file(tmp_path / "sixteen.tif")
+    assert image.bits_stored == 16 and raw.dtype == np.uint16
+    np.testing.assert_array_equal(raw, sixteen)
+    np.testing.assert_allclose(image.pixels, sixteen / 65535.0, atol=1e-6)
+    # A dim 16-bit TIFF (BitsPerSample 16, no MaxSampleValue) is not brightened either.
+    dim = (sixteen // 4).astype(np.uint16)
+    Image.fromarray(dim).save(tmp_path / "dim.tif")
+    dim_image, _ = read_image_file(tmp_path / "dim.tif")
+    assert dim_image.bits_stored == 16
+    np.testing.assert_allclose(dim_image.pixels, dim / 65535.0, atol=1e-6)
+
+
+def test_tiff_significant_bits_from_the_tags() -> None:
+    assert tiff_significant_bits({258: (16,)}) == 16
+    assert tiff_significant_bits({258: (16,), 281: (4095,)}) == 12  # MaxSampleValue first
+    assert tiff_significant_bits({258: 16, 281: 32767}) == 15
+    assert tiff_significant_bits({}) is None
+
+
+def test_declared_bits() -> None:
+    assert declared_bits(np.array([0, 255], dtype=np.uint8), 8) == 8
+    assert declared_bits(np.array([0, 100], dtype=np.uint16), None) == 16
+    assert declared_bits(np.array([0, 100], dtype=np.uint16), 12) == 12
+    assert declared_bits(np.array([0, 32767], dtype=np.uint16), 15) == 15
+    # Values above what the file declares: the declaration is wrong, use 16.
+    assert declared_bits(np.array([0, 5000], dtype=np.uint16), 12) == 16
+
+
+def test_8_bit_jpeg(tmp_path: Path) -> None:
+    eight = gradient_image(64, 80, 8)
+    path = tmp_path / "chest.jpg"
+    Image.fromarray(eight).save(path, quality=95)
+    image, raw = read_image_file(path)
+    assert image.bits_stored == 8 and raw.dtype == np.uint8 and raw.shape == (64, 80)
+    with Image.open(path) as img:
+        assert img.format == "JPEG" and img.mode == "L"
+        np.testing.assert_array_equal(raw, np.array(img))
+    np.testing.assert_allclose(image.pixels, raw / 255.0, atol=1e-6)
+    # Lossy, but close to what was written.
+    assert np.abs(raw.astype(int) - eight.astype(int)).mean() < 3
+    np.testing.assert_array_equal(read_any(path).pixels, image.pixels)
+
+
+def test_colour_jpeg_is_refused(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((10, 10, 3), dtype=np.uint8)).save(tmp_path / "rgb.jpg")
+    with pytest.raises(PixelDataError, match="mode RGB"):
+        read_image_file(tmp_path / "rgb.jpg")
 
 
 def test_colour_png_is_refused(tmp_path: Path) -> None:
