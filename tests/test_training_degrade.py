@@ -9,7 +9,9 @@ from scipy import ndimage
 from training.degrade import (
     Degradation,
     DegradationRange,
+    correlated_noise,
     degrade,
+    degrade_pair,
     expected_noise_variance,
     smooth_field,
 )
@@ -155,3 +157,74 @@ def test_invalid_inputs_are_refused() -> None:
         degrade(np.zeros((4, 4)), Degradation(), "1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="low <= high"):
         DegradationRange(blur_sigma=(1.0, 0.5))
+
+
+@pytest.mark.parametrize("correlation", [0.5, 1.0, 1.5])
+def test_correlated_noise_keeps_unit_variance_and_correlates_neighbours(
+    correlation: float,
+) -> None:
+    rng = np.random.default_rng(5)
+    noise = correlated_noise((512, 512), correlation, rng)
+    assert abs(noise.var() - 1.0) < 0.05
+    neighbour = np.corrcoef(noise[:, :-1].ravel(), noise[:, 1:].ravel())[0, 1]
+    # Neighbour correlation of white noise filtered by the discrete Gaussian kernel k:
+    # sum k[n] k[n+1] / sum k[n]² (about exp(-1 / (4 s²)) for wide kernels).
+    radius = int(4 * correlation + 0.5)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / correlation) ** 2)
+    expected = float(np.sum(kernel[:-1] * kernel[1:]) / np.sum(kernel**2))
+    assert neighbour == pytest.approx(expected, abs=0.03)
+    white = correlated_noise((512, 512), 0.0, rng)
+    assert abs(np.corrcoef(white[:, :-1].ravel(), white[:, 1:].ravel())[0, 1]) < 0.02
+
+
+def test_correlated_degradation_keeps_the_per_pixel_variance() -> None:
+    flat = np.full((256, 256), 0.5, dtype=np.float32)
+    white = degrade(flat, Degradation(0.002, 2e-5, 0.0), 1).astype(np.float64)
+    grainy = degrade(flat, Degradation(0.002, 2e-5, 0.0, noise_correlation=1.0), 1)
+    expected = 0.002 * 0.5 + 2e-5
+    assert white.var() == pytest.approx(expected, rel=0.08)
+    assert grainy.astype(np.float64).var() == pytest.approx(expected, rel=0.15)
+
+    # The grain is coarser: a 2×2 average keeps much more of the correlated noise.
+    def binned_var(image: np.ndarray) -> float:
+        return float(image.reshape(128, 2, 128, 2).mean(axis=(1, 3)).var())
+
+    assert binned_var(grainy) > 2.5 * binned_var(white)
+    assert "corr=1px" in Degradation(noise_correlation=1.0).label()
+
+
+def test_identity_changes_nothing_but_quantisation() -> None:
+    image = np.round(_phantom() * 255) / 255
+    params = Degradation.identity(bits=8)
+    assert params.is_identity and params.label() == "identity (clean input)"
+    np.testing.assert_allclose(degrade(image, params, 3), image, atol=1e-6)
+    low, reference = degrade_pair(image, params, 3)
+    np.testing.assert_array_equal(low, reference)
+
+
+def test_pairs_carry_the_exposure_change_in_the_reference_too() -> None:
+    image = _phantom()
+    params = Degradation(0.002, 2e-5, 0.8, gamma=1.2, offset=0.04, bits=12)
+    low, reference = degrade_pair(image, params, 11)
+    # The reference is the re-exposed clean image: the model is not asked to re-tone.
+    assert float(np.abs(reference - image).mean()) > 0.01
+    assert (
+        float(
+            np.abs(ndimage.gaussian_filter(low, 4) - ndimage.gaussian_filter(reference, 4)).mean()
+        )
+        < 0.005
+    )
+    np.testing.assert_array_equal(degrade_pair(image, params, 11)[0], low)
+
+
+def test_identity_share_of_the_training_draws() -> None:
+    rng = np.random.default_rng(0)
+    draws = DegradationRange(identity_probability=0.25, noise_correlation=(0.0, 1.5))
+    sample = [draws.sample(rng, bits=8) for _ in range(2000)]
+    share = np.mean([d.is_identity for d in sample])
+    assert share == pytest.approx(0.25, abs=0.03)
+    correlations = [d.noise_correlation for d in sample if not d.is_identity]
+    assert min(correlations) >= 0.0 and max(correlations) <= 1.5
+    assert DegradationRange.from_dict(draws.as_dict()) == draws
+    with pytest.raises(ValueError, match="identity_probability"):
+        DegradationRange(identity_probability=1.5)

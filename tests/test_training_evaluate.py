@@ -1,8 +1,9 @@
-"""Evaluation on a tiny test split: metrics, baselines, the table, the grid, the CLI."""
+"""Evaluation on a tiny test split: metrics, baselines, the tables, the grids, the CLI."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,28 @@ from training.cli import main
 from training.data import load_images, make_examples
 from training.degrade import Degradation
 from training.evaluate import (
+    ACCEPTANCE,
+    BLUR_ONLY,
     BM3D,
+    CORRELATED,
+    HARSHER,
+    IDENTITY,
     INPUT,
     L1,
     NLM,
     PIX2PIX,
+    SCORE_KEYS,
     EvaluationSettings,
+    GroupKind,
+    Window,
+    central_window,
+    context_window,
     nlm,
+    normalise_setting,
     run_evaluation,
+    setting_degradation,
+    setting_kind,
+    strength_label,
     tune_factor,
 )
 from training.export import export_checkpoint
@@ -141,7 +156,8 @@ def test_evaluation_table_on_a_tiny_set(run: Path, tmp_path: Path) -> None:
     saved = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     assert saved["results"][label][NLM]["psnr"] == pytest.approx(methods[NLM]["psnr"])
     assert "data_range=1.0" in saved["metric_definitions"]["psnr"]
-    assert (out / "evaluation.md").read_text(encoding="utf-8").strip() == table
+    report = (out / "evaluation.md").read_text(encoding="utf-8").strip()
+    assert report == result.report() and table in report
     with Image.open(out / "grid_1.png") as grid:
         # 7 panels: input, NLM, BM3D, L1, pix2pix, reference, difference.
         assert grid.mode == "L" and grid.width == 7 * (180 + 4)
@@ -157,18 +173,31 @@ def test_cli_evaluate_and_its_errors(
         "--model",
         str(run / "model.onnx"),
         "--setting",
-        "0.004,5e-5,1.2",
+        "0.004,5e-5,1.2,0.5",
         "--no-bm3d",
         "--tune-images",
         "1",
         "--grid-cases",
         "0",
+        "--strength",
+        "0.8",
+        "--crop",
+        "128",
+        "--detail-images",
+        "1",
+        "--max-images",
+        "1",
         "--output-dir",
         str(tmp_path / "e"),
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| a=0.004 b=5e-05 σ=1.2 | pix2pix generator |" in out and BM3D not in out
+    assert "| a=0.004 b=5e-05 σ=1.2 corr=0.5px | pix2pix generator |" in out and BM3D not in out
+    assert "| a=0.004 b=5e-05 σ=1.2 corr=0.5px | pix2pix generator @0.8 |" in out
+    assert "## Detail retention" in out and "## Targets" in out
+    saved = json.loads((tmp_path / "e" / "evaluation.json").read_text(encoding="utf-8"))
+    assert saved["protocol"]["crop"] == 128 and saved["per_image"]
+    assert saved["per_image"]["a=0.004 b=5e-05 σ=1.2 corr=0.5px"][0]["crop"][2:] == [128, 128]
     assert not list((tmp_path / "e").glob("grid_*.png"))
     assert main(["evaluate", "--run-dir", str(tmp_path), "--model", str(run / "model.onnx")]) == 1
     assert capsys.readouterr().err.startswith("dicom-node-train: error:")
@@ -192,6 +221,15 @@ def test_cli_evaluate_and_its_errors(
         )
     assert exit_info.value.code == 2
     assert "not one of the settings" in capsys.readouterr().err
+    for bad in (
+        ["--strength", "1.5"],
+        ["--setting", "0.002,2e-5,0.8,1,2"],
+        ["--detail-setting", "0.004,5e-5,1.2"],
+        ["--bm3d-profile", "fast"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", "--run-dir", str(run), "--model", "m.onnx", *bad])
+        assert exit_info.value.code == 2, bad
 
 
 def test_real_pairs_form_their_own_group(run: Path, tmp_path: Path) -> None:
@@ -218,3 +256,141 @@ def test_real_pairs_form_their_own_group(run: Path, tmp_path: Path) -> None:
     assert list(result.results) == [REAL_PAIRS]
     scores = result.results[REAL_PAIRS]
     assert result.test_images == 2 and scores[NLM]["psnr"] > scores[INPUT]["psnr"]
+
+
+def test_settings_take_a_correlation_and_the_identity() -> None:
+    assert normalise_setting((0.002, 2e-5, 0.8)) == ACCEPTANCE
+    assert setting_degradation(CORRELATED).noise_correlation == 1.0
+    assert setting_degradation(IDENTITY).is_identity
+    kinds = [setting_kind(s) for s in (ACCEPTANCE, CORRELATED, BLUR_ONLY, IDENTITY)]
+    assert kinds == [GroupKind.WHITE, GroupKind.CORRELATED, GroupKind.BLUR, GroupKind.IDENTITY]
+    defaults = EvaluationSettings()
+    assert defaults.settings == (ACCEPTANCE, CORRELATED, BLUR_ONLY, IDENTITY)
+    # BM3D only at the two acceptance settings; detail retention at the white one.
+    assert defaults.bm3d_at() == (ACCEPTANCE, CORRELATED) and defaults.detail_at() == ACCEPTANCE
+    harsher = EvaluationSettings(settings=(HARSHER[:3], IDENTITY))
+    assert harsher.bm3d_at() == (HARSHER,) and harsher.detail_at() == HARSHER
+    assert EvaluationSettings(detail_images=0).detail_at() is None
+    assert EvaluationSettings(bm3d=False).bm3d_at() == ()
+    for kwargs, message in (
+        ({"detail_setting": HARSHER}, "not one of the settings"),
+        ({"strengths": (1.5,)}, "strength"),
+        ({"crop": 32}, "crop"),
+        ({"settings": (ACCEPTANCE, ACCEPTANCE[:3])}, "twice"),
+        ({"settings": ((0.002, 2e-5),)}, "A,B,SIGMA"),
+        ({"workers": 0}, "workers"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            EvaluationSettings(**kwargs)
+
+
+def test_crop_and_context_windows() -> None:
+    window = central_window((1000, 600), 768)
+    assert window == Window(116, 0, 768, 600)
+    assert central_window((1000, 600), 0) == Window(0, 0, 1000, 600)
+    context = context_window((1000, 600), window, 32)
+    assert context == Window(84, 0, 832, 600)  # no room on the left and right
+    image = np.arange(1000 * 600, dtype=np.float64).reshape(1000, 600)
+    rows, cols = window.inside(context)
+    assert np.array_equal(context.cut(image)[rows, cols], window.cut(image))
+
+
+def test_every_table_on_a_tiny_run(run: Path, tmp_path: Path) -> None:
+    settings = EvaluationSettings(
+        settings=(ACCEPTANCE, CORRELATED, BLUR_ONLY, IDENTITY),
+        bm3d=False,
+        strengths=(0.0, 0.5),
+        tune_images=1,
+        grid_cases=1,
+        detail_images=2,
+        max_images=2,
+        seed=3,
+    )
+    out = tmp_path / "eval"
+    result = run_evaluation(run, run / "model.onnx", out, settings, l1_model=run / "best.pt")
+    labels = [setting_degradation(s).label() for s in settings.settings]
+    assert list(result.results) == labels
+    white, correlated, blur, identity = (result.results[label] for label in labels)
+    at_zero, at_half = strength_label(0.0), strength_label(0.5)
+    assert list(white) == [INPUT, NLM, L1, PIX2PIX, at_zero, at_half]
+    for methods in result.results.values():
+        for name, scores in methods.items():
+            assert set(SCORE_KEYS) <= set(scores), name
+            assert 0 < scores["gms"] <= 1 and scores["hf_ratio"] > 0, name
+            assert 0 < scores["period2_ratio"] <= scores["period2_ratio_max"], name
+    # Strength 0 is the input itself; the input's period-2 ratio and residual noise are 1.
+    assert white[at_zero]["psnr"] == white[INPUT]["psnr"]
+    assert white[INPUT]["period2_ratio"] == 1.0 and white[INPUT]["lung_residual"] == 1.0
+    assert correlated[INPUT]["psnr"] != white[INPUT]["psnr"]
+    assert blur[NLM]["psnr"] == pytest.approx(blur[INPUT]["psnr"], abs=0.5)  # nothing to denoise
+    # Identity: no input row (it is the reference), NLM with the acceptance factor.
+    assert INPUT not in identity and math.isinf(identity[at_zero]["psnr"])
+    assert result.nlm[labels[3]] == {"factor": result.nlm[labels[0]]["factor"], "from": labels[0]}
+    assert math.isnan(identity[PIX2PIX]["lung_residual"])
+
+    # Detail retention: the inserts went into two images at the acceptance setting.
+    info = result.detail
+    assert info["setting"] == labels[0] and len(info["images"]) == 2
+    assert info["inserts"] and info["per_insert"]
+    for label, by_method in info["inserts"].items():
+        assert by_method[INPUT]["retained"] == pytest.approx(1.0, abs=0.15), label
+        assert by_method[at_zero]["retained"] == by_method[INPUT]["retained"]
+        assert by_method[L1]["retained"] == pytest.approx(by_method[PIX2PIX]["retained"], abs=1e-3)
+    for row in info["per_insert"]:
+        assert 0 < row["row"] < 200 and 0 < row["col"] < 180
+
+    # The twins (the same generator here) and the targets.
+    assert set(result.comparison) == set(labels)
+    assert result.comparison[labels[0]]["psnr_delta"] == pytest.approx(0.0, abs=1e-3)
+    names = {(t["name"], t["method"], t["setting"]) for t in result.targets}
+    assert ("ΔPSNR vs input", PIX2PIX, labels[0]) in names
+    assert ("ΔPSNR vs NLM", at_half, labels[0]) in names
+    for label in labels:
+        assert ("period-2 ratio, worst image", PIX2PIX, label) in names
+    assert all(t["passed"] in (True, False) for t in result.targets)
+
+    report = result.report()
+    for title in (
+        "## Scores on the test split",
+        "## Noise in lung and dense regions",
+        "## Detail retention",
+        "## pix2pix vs L1-only generator",
+        "## Targets",
+        "## Notes",
+        "| insert | degraded input |",
+        "| setting | PSNR L1 | PSNR pix2pix |",
+        "| setting | method | lung: residual noise |",
+        f"| {labels[2]} | {PIX2PIX} |",
+    ):
+        assert title in report, title
+    assert (out / "evaluation.md").read_text(encoding="utf-8").strip() == report
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} in evaluation.json")
+
+    saved = json.loads(
+        (out / "evaluation.json").read_text(encoding="utf-8"), parse_constant=no_constants
+    )
+    assert saved["results"][labels[3]][at_zero]["psnr"] is None  # infinite
+    assert len(saved["per_image"][labels[0]]) == 2 and saved["groups"][labels[1]]["kind"] == (
+        "correlated noise"
+    )
+    assert {"load images", "tuning", *labels, "total"} <= set(saved["timings"])
+    assert sorted(p.name for p in out.glob("grid_*.png")) == [f"grid_{i}.png" for i in range(1, 5)]
+
+
+def test_worker_processes_give_the_same_numbers(run: Path, tmp_path: Path) -> None:
+    common = {
+        "settings": (ACCEPTANCE,),
+        "bm3d": False,
+        "tune_images": 1,
+        "grid_cases": 0,
+        "detail_images": 1,
+        "max_images": 1,
+    }
+    inline = run_evaluation(run, run / "model.onnx", tmp_path / "a", EvaluationSettings(**common))
+    pooled = run_evaluation(
+        run, run / "model.onnx", tmp_path / "b", EvaluationSettings(**common, workers=2)
+    )
+    assert pooled.per_image == inline.per_image and pooled.nlm == inline.nlm
+    assert pooled.detail["per_insert"] == inline.detail["per_insert"]

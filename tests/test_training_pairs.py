@@ -194,3 +194,19 @@ def test_archive_source_reads_cr_dx_chest_images_from_the_node_database(tmp_path
     records = archive_records(config_path)
     assert [Path(r.high).name for r in records] == ["chest.dcm"]
     assert records[0].group == group_key("patient:PAT1")
+
+
+def test_a_group_keeps_its_fixed_split_even_when_its_first_record_has_none() -> None:
+    # Regression: the split of a group was read from its first record only, so a
+    # patient whose first record carried no split (and a later one did) ended up
+    # in none of train, val and test.
+    group = group_key("patient-with-two-sources")
+    records = [
+        PairRecord("/data/a_first.png", None, group, None),
+        PairRecord("/data/a_second.png", "/data/a_low.png", group, "test"),
+        *[PairRecord(f"/data/p{i}.png", None, group_key(f"P{i}")) for i in range(10)],
+    ]
+    split = split_records(records, (0.7, 0.15, 0.15), seed=0)
+    assert len(split.records) == len(records)
+    assert {r.split for r in split.records if r.group == group} == {"test"}
+    assert sum(len(split.subset(name)) for name in ("train", "val", "test")) == len(records)

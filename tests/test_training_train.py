@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from scipy import ndimage
 
 from training.cli import main
@@ -17,7 +17,15 @@ from training.data import CropDataset, load_images, record_paths
 from training.degrade import Degradation, DegradationRange
 from training.networks import GeneratorConfig, PatchDiscriminator, ResidualEnhancer, init_generator
 from training.pairs import folder_records, split_records
-from training.train import TrainConfig, load_generator, lr_factor, train, train_step
+from training.train import (
+    TrainConfig,
+    load_generator,
+    lr_factor,
+    selection_score,
+    spread,
+    train,
+    train_step,
+)
 
 
 def _write_images(folder: Path, count: int, size: tuple[int, int] = (300, 280)) -> list[Path]:
@@ -28,7 +36,11 @@ def _write_images(folder: Path, count: int, size: tuple[int, int] = (300, 280)) 
         smooth = ndimage.gaussian_filter(rng.random(size), 6.0)
         smooth = (smooth - smooth.min()) / np.ptp(smooth)
         path = folder / f"cxr_{index:02d}.png"
-        Image.fromarray(np.rint((0.1 + 0.8 * smooth) * 65535 / 16).astype(np.uint16)).save(path)
+        # 12-bit values in a 16-bit PNG, declared by its sBIT chunk.
+        info = PngImagePlugin.PngInfo()
+        info.add(b"sBIT", bytes([12]))
+        values = np.rint((0.1 + 0.8 * smooth) * 65535 / 16).astype(np.uint16)
+        Image.fromarray(values).save(path, pnginfo=info)
         paths.append(path)
     return paths
 
@@ -57,6 +69,17 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_l1_loss() -> None:
     # The same step without a discriminator (L1 only) also learns.
     l1_losses = [train_step(generator, None, opt_g, None, noisy, clean, 100.0) for _ in range(5)]
     assert l1_losses[-1]["loss_gan"] == 0.0 and l1_losses[-1]["loss_l1"] < first
+    # LSGAN with a spectrally normalised discriminator trains too.
+    from training.networks import apply_spectral_norm
+
+    apply_spectral_norm(discriminator)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    ls = [
+        train_step(generator, discriminator, opt_g, opt_d, noisy, clean, 100.0, gan_loss="lsgan")
+        for _ in range(3)
+    ]
+    assert all(np.isfinite(v) for step in ls for v in step.values())
+    assert ls[-1]["loss_d"] > 0
 
 
 def test_training_configuration_is_validated() -> None:
@@ -66,6 +89,34 @@ def test_training_configuration_is_validated() -> None:
         TrainConfig(crop=384)
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        TrainConfig(crop_sizes=(256, 300))
+    with pytest.raises(ValueError, match="gan_loss"):
+        TrainConfig(gan_loss="wgan")
+    with pytest.raises(ValueError, match="select"):
+        TrainConfig(select="ssim")
+
+
+def test_crop_sizes_alternate_by_epoch_and_cover_the_same_pixels() -> None:
+    config = TrainConfig(crop=256, crop_sizes=(256, 256, 512), crops_per_image=8)
+    assert [config.crop_for(e) for e in range(6)] == [256, 256, 512, 256, 256, 512]
+    assert config.items_for(0, 10) == 80 and config.items_for(2, 10) == 20
+    assert TrainConfig(crops_per_image=3).crop_for(5) == 256
+
+
+def test_texture_selection_keeps_psnr_within_the_allowed_loss() -> None:
+    floor = 36.0
+    smooth = {"psnr": 36.5, "hf_ratio": 0.5}
+    textured = {"psnr": 36.1, "hf_ratio": 0.9}
+    too_costly = {"psnr": 35.5, "hf_ratio": 1.0}
+    assert selection_score(textured, "texture", floor) > selection_score(smooth, "texture", floor)
+    assert selection_score(too_costly, "texture", floor) == -np.inf
+    assert selection_score(smooth, "psnr", floor) > selection_score(textured, "psnr", floor)
+    # Over-sharpened (ratio above 1) counts as far from the reference as over-smoothed.
+    assert selection_score({"psnr": 37, "hf_ratio": 2.0}, "texture", floor) == pytest.approx(
+        selection_score({"psnr": 37, "hf_ratio": 0.5}, "texture", floor)
+    )
+    assert spread(list(range(10)), 3) == [0, 4, 9] and spread([1, 2], 0) == [1, 2]
 
 
 def test_learning_rate_is_constant_then_decays_linearly() -> None:
@@ -117,6 +168,7 @@ def test_tiny_run_writes_logs_checkpoints_and_resumes(tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert float(rows[1]["lr"]) < float(rows[0]["lr"]) == pytest.approx(2e-4)
+    assert all(float(r["val_hf_ratio"]) > 0 for r in rows)
     saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
     assert saved["train"]["generator"]["ngf"] == 4 and saved["data"] == {"images": 7}
     assert TrainConfig.from_dict(saved["train"]) == config

@@ -312,24 +312,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--setting",
-        type=_setting,
+        type=_evaluate_setting,
         action="append",
-        metavar="A,B,SIGMA",
-        help="degradation setting (repeatable; default: three settings)",
+        metavar="A,B,SIGMA[,CORR]",
+        help="degradation setting, CORR = noise correlation in px, 0,0,0 = identity (repeatable;"
+        " default: white 0.002,2e-5,0.8; correlated 0.002,2e-5,0.8,1; blur 0,0,1.2; identity)",
     )
     ev.add_argument(
         "--output-dir",
         type=Path,
         metavar="DIR",
-        help="where evaluation.json, the table and the grids go (default RUN/eval)",
+        help="where evaluation.json, evaluation.md and the grids go (default RUN/eval)",
     )
     ev.add_argument("--no-bm3d", action="store_true", help="skip the BM3D baseline")
     ev.add_argument(
         "--bm3d-setting",
-        type=_setting,
+        type=_evaluate_setting,
         action="append",
-        metavar="A,B,SIGMA",
-        help="run BM3D only at this setting (repeatable; default: every setting)",
+        metavar="A,B,SIGMA[,CORR]",
+        help="run BM3D only at this setting (repeatable; default: the white and correlated "
+        "acceptance settings if evaluated, else every noisy setting)",
+    )
+    ev.add_argument(
+        "--bm3d-profile",
+        choices=("np", "lc"),
+        default="np",
+        help="BM3D profile: np (normal) or lc (low complexity, ~3x faster, ~0.1 dB lower)",
     )
     ev.add_argument(
         "--max-images",
@@ -348,6 +356,43 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=3,
         help="test cases drawn in the PNG grid (3)",
+    )
+    ev.add_argument(
+        "--crop",
+        type=_non_negative_int,
+        default=768,
+        help="score the central crop of at most this size per image (768; 0: whole images)",
+    )
+    ev.add_argument(
+        "--context",
+        type=_non_negative_int,
+        default=32,
+        help="margin around the crop that NLM and BM3D see (32)",
+    )
+    ev.add_argument(
+        "--strength",
+        type=_strengths,
+        metavar="S[,S...]",
+        default=(),
+        help="also score the pix2pix generator blended with its input at these strengths",
+    )
+    ev.add_argument(
+        "--detail-images",
+        type=_non_negative_int,
+        default=8,
+        help="test images that get the detail-retention inserts (8; 0: none)",
+    )
+    ev.add_argument(
+        "--detail-setting",
+        type=_evaluate_setting,
+        metavar="A,B,SIGMA[,CORR]",
+        help="setting of the detail-retention test (default: the white acceptance setting)",
+    )
+    ev.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes for NLM and BM3D, beside the generators (1)",
     )
     ev.add_argument("--threads", type=_positive_int, help="CPU threads for the models")
     ev.add_argument("--seed", type=int, default=1234, help="seed of the test degradations")
@@ -552,8 +597,32 @@ def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 # --------------------------------------------------------------------------- evaluate
 
 
+def _evaluate_setting(text: str) -> tuple[float, ...]:
+    """``A,B,SIGMA`` or ``A,B,SIGMA,CORR`` (the evaluation's settings)."""
+    try:
+        values = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected A,B,SIGMA[,CORR] numbers, got {text!r}"
+        ) from None
+    if len(values) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"expected A,B,SIGMA[,CORR] numbers, got {text!r}")
+    return values
+
+
+def _strengths(text: str) -> tuple[float, ...]:
+    """Comma-separated strengths from 0 to 1."""
+    try:
+        values = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected strengths like 0.8,0.6, got {text!r}") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"strengths must be from 0 to 1, got {text!r}")
+    return values
+
+
 def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Evaluate on the test split and print the table."""
+    """Evaluate on the test split and print every table."""
     from training.evaluate import DEFAULT_SETTINGS, EvaluationSettings, run_evaluation
 
     try:
@@ -561,17 +630,24 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             settings=tuple(args.setting) if args.setting else DEFAULT_SETTINGS,
             bm3d=not args.no_bm3d,
             bm3d_settings=tuple(args.bm3d_setting) if args.bm3d_setting else None,
+            bm3d_profile=args.bm3d_profile,
             max_images=args.max_images,
             tune_images=args.tune_images,
             grid_cases=args.grid_cases,
             seed=args.seed,
             threads=args.threads,
+            crop=args.crop,
+            context=args.context,
+            strengths=tuple(args.strength),
+            detail_images=args.detail_images,
+            detail_setting=args.detail_setting,
+            workers=args.workers,
         )
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     output = args.output_dir or args.run_dir / "eval"
     result = run_evaluation(args.run_dir, args.model, output, settings, l1_model=args.l1_model)
-    print(result.table())
+    print(result.report())
     print(f"written: {output / 'evaluation.json'}, {output / 'evaluation.md'}, grids in {output}")
     return EXIT_OK
 

@@ -22,7 +22,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -305,13 +305,11 @@ def train_step(
         ``loss_l1``, ``loss_gan`` and ``loss_d`` of this step.
     """
     context = autocast or nullcontext()
-    if gan_loss == "lsgan":
-
-        def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return nn.functional.mse_loss(logits, target)
-
-    else:
-        bce = nn.functional.binary_cross_entropy_with_logits
+    bce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
+        nn.functional.mse_loss
+        if gan_loss == "lsgan"
+        else nn.functional.binary_cross_entropy_with_logits
+    )
     with context:
         fake = generator(low)
     loss_d = torch.zeros((), device=low.device)
