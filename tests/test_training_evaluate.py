@@ -332,8 +332,15 @@ def test_every_table_on_a_tiny_run(run: Path, tmp_path: Path) -> None:
     info = result.detail
     assert info["setting"] == labels[0] and len(info["images"]) == 2
     assert info["inserts"] and info["per_insert"]
+    # The template is the clean insert: the input, blurred by the degradation,
+    # keeps less than all of it, least of the thin lines.
+    assert "clean insert" in info["template"] and "sigma 0.8 px" in info["template"]
     for label, by_method in info["inserts"].items():
-        assert by_method[INPUT]["retained"] == pytest.approx(1.0, abs=0.15), label
+        assert 0.4 < by_method[INPUT]["retained"] < 1.05, label
+        if label.startswith("line 1 px"):
+            assert by_method[INPUT]["retained"] < 0.75, label
+        if label.startswith("disc 16 px"):
+            assert by_method[INPUT]["retained"] == pytest.approx(1.0, abs=0.1), label
         assert by_method[at_zero]["retained"] == by_method[INPUT]["retained"]
         assert by_method[L1]["retained"] == pytest.approx(by_method[PIX2PIX]["retained"], abs=1e-3)
     for row in info["per_insert"]:

@@ -167,13 +167,17 @@ def test_inserts_have_the_right_size_and_stay_inside() -> None:
 
 def test_retained_contrast_of_an_identity_and_a_blurring_restorer() -> None:
     clean, placements = _scene()
-    params = Degradation(0.002, 2e-5, 0.8, bits=8)
-    without = degrade(clean, params, 11)
-    with_inserts = degrade(detail.add_inserts(clean, placements), params, 11)
+    inserted = detail.add_inserts(clean, placements)
     for p in placements:
-        # The input itself: the template is blurred like the degradation, so about 1.
-        kept = detail.retained_contrast(p, with_inserts, without, params.blur_sigma)
-        assert kept == pytest.approx(1.0, abs=0.1), p.insert.label
+        # A perfect restorer gives back the clean insert: exactly 1.
+        assert detail.retained_contrast(p, inserted, clean) == pytest.approx(1.0), p.insert.label
+    # The identity restorer on inputs that are noisy but not blurred: about 1.
+    params = Degradation(0.002, 2e-5, 0.0, bits=8)
+    without = degrade(clean, params, 11)
+    with_inserts = degrade(inserted, params, 11)
+    for p in placements:
+        kept = detail.retained_contrast(p, with_inserts, without)
+        assert kept == pytest.approx(1.0, abs=0.15), p.insert.label
 
     def heavy_blur(x: np.ndarray) -> np.ndarray:
         return ndimage.gaussian_filter(x, 3.0)
@@ -181,12 +185,44 @@ def test_retained_contrast_of_an_identity_and_a_blurring_restorer() -> None:
     blurred_with, blurred_without = heavy_blur(with_inserts), heavy_blur(without)
     lines = [p for p in placements if p.insert.kind is detail.InsertKind.LINE]
     for p in lines:
-        kept = detail.retained_contrast(p, blurred_with, blurred_without, params.blur_sigma)
-        if p.insert.size == 1.0:
-            assert kept < 0.5, p.insert.label
-        assert kept < 0.8, p.insert.label
+        kept = detail.retained_contrast(p, blurred_with, blurred_without)
+        if p.insert.size in (1.0, 2.0):
+            assert kept < 0.4, p.insert.label
+        assert kept < 0.6, p.insert.label
     # A restorer that adds nothing and removes nothing (same output) retains nothing.
-    assert detail.retained_contrast(lines[0], without, without, 0.8) == 0.0
+    assert detail.retained_contrast(lines[0], without, without) == 0.0
+
+
+def test_a_blurred_input_keeps_less_of_thin_lines_than_of_large_discs() -> None:
+    # The template is the clean insert: the degradation's blur (0.8 px) alone
+    # takes contrast from 1-px lines, hardly any from 16-px discs.
+    clean, placements = _scene()
+    params = Degradation(0.002, 2e-5, 0.8, bits=8)
+    without = degrade(clean, params, 11)
+    with_inserts = degrade(detail.add_inserts(clean, placements), params, 11)
+    kept = {p.insert: detail.retained_contrast(p, with_inserts, without) for p in placements}
+    thin = [v for k, v in kept.items() if k.kind is detail.InsertKind.LINE and k.size == 1.0]
+    discs = [v for k, v in kept.items() if k.kind is detail.InsertKind.DISC and k.size == 16.0]
+    assert len(thin) == len(detail.LINE_CONTRASTS) and len(discs) == len(detail.DISC_CONTRASTS)
+    for value in thin:
+        assert 0.4 < value < 0.75
+    for value in discs:
+        assert value == pytest.approx(1.0, abs=0.07)
+    # Without noise the same holds exactly: the blur alone sets the number.
+    blur = 0.8
+
+    def blurred(x: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(x, blur, mode="reflect", truncate=4.0)
+
+    inserted = blurred(detail.add_inserts(clean, placements))
+    background = blurred(clean)
+    for p in placements:
+        value = detail.retained_contrast(p, inserted, background)
+        if p.insert.kind is detail.InsertKind.LINE and p.insert.size == 1.0:
+            assert value < 0.75, p.insert.label
+        if p.insert.kind is detail.InsertKind.DISC and p.insert.size == 16.0:
+            assert value == pytest.approx(1.0, abs=0.06), p.insert.label
+        assert value < 1.0, p.insert.label
 
 
 def test_cnr_is_contrast_over_noise() -> None:
