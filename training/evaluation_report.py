@@ -71,7 +71,8 @@ class EvaluationResult:
             f"{self.protocol.get('crop_text', 'whole images')}. PSNR in dB and SSIM (data "
             "range 1.0), mean ± SD over images; HF ratio = power above half Nyquist over the "
             "reference's (< 1 smoother); GMS = gradient-magnitude similarity (1 = same edges); "
-            "period-2 = period2_peak(output) / period2_peak(input), mean / worst image.",
+            "period-2 = period2_peak(output) / max(period2_peak(input), period2_peak(reference)), "
+            "mean / worst image.",
             "",
             "| setting | method | PSNR (dB) | SSIM | ΔPSNR vs input | ΔPSNR vs NLM | HF ratio "
             "| GMS | period-2 ratio |",
@@ -233,7 +234,9 @@ class EvaluationResult:
                     "hf_ratio": "training.quality.hf_power_ratio(output, reference), cut-off "
                     "0.25 cycles/pixel, Hann window",
                     "gms": "training.quality.gradient_similarity(output, reference)['gms']",
-                    "period2_ratio": "period2_peak(output)['max'] / period2_peak(input)['max']",
+                    "period2_ratio": "period2_peak(output)['max'] / "
+                    "max(period2_peak(input)['max'], period2_peak(reference)['max'])",
+                    "period2_vs_input": "period2_peak(output)['max'] / period2_peak(input)['max']",
                     "lung_residual/dense_residual": "training.quality.RegionScorer residual",
                     "lung_hf/dense_hf": "training.quality.RegionScorer hf",
                     "seconds_per_image": "NLM/BM3D: CPU seconds in their process; "

@@ -27,6 +27,7 @@ SCORE_KEYS = (
     "hf_ratio",
     "gms",
     "period2_ratio",
+    "period2_vs_input",
     "lung_residual",
     "dense_residual",
     "lung_hf",
@@ -42,8 +43,16 @@ class ImageScorer:
     reference : numpy.ndarray
         The clean crop.
     degraded : numpy.ndarray
-        The degraded input's crop (the period-2 and residual-noise ratios are
-        relative to it).
+        The degraded input's crop (the residual-noise ratios are relative to
+        it).
+
+    Notes
+    -----
+    ``period2_ratio`` is the output's period-2 peak over the larger of the
+    input's and the reference's: a generator that restores a detector's own
+    row pattern, which the added noise hid in the input, adds nothing that
+    was not in the image. ``period2_vs_input`` is the plain ratio to the
+    input's peak.
     """
 
     def __init__(self, reference: np.ndarray, degraded: np.ndarray) -> None:
@@ -52,6 +61,8 @@ class ImageScorer:
         self.reference_hf = ref_hf if ref_hf > 0 else math.nan
         peak = period2_peak(degraded)["max"]
         self.input_peak = peak if peak > 0 else math.nan
+        own = max(peak, period2_peak(reference)["max"])
+        self.image_peak = own if own > 0 else math.nan
         self.regions = RegionScorer(reference, degraded)
 
     def score(self, output: np.ndarray) -> dict[str, float]:
@@ -61,7 +72,8 @@ class ImageScorer:
             "ssim": ssim(self.reference, output),
             "hf_ratio": hf_power(output) / self.reference_hf,
             "gms": gradient_similarity(output, self.reference)["gms"],
-            "period2_ratio": period2_peak(output)["max"] / self.input_peak,
+            "period2_ratio": (out_peak := period2_peak(output)["max"]) / self.image_peak,
+            "period2_vs_input": out_peak / self.input_peak,
             **self.regions.score(output),
         }
 

@@ -4,9 +4,15 @@ The targets, checked for the pix2pix rows (plain and each strength):
 
 * ΔPSNR ≥ :data:`INPUT_GAIN_TARGET` dB over the input and ≥
   :data:`NLM_GAIN_TARGET` dB over NLM at the acceptance setting;
+* ΔPSNR ≥ :data:`BASELINE_GAIN_TARGET` dB over tuned BM3D (and NLM) at the
+  acceptance setting with white and with correlated noise;
+* ΔPSNR ≥ :data:`BLUR_GAIN_TARGET` dB over the input with blur only;
+* identity PSNR ≥ :data:`IDENTITY_TARGET` dB;
 * retained contrast ≥ :data:`RETAINED_TARGET` for the inserts of
   :data:`DETAIL_TARGETS` (:mod:`training.detail`);
-* period-2 ratio ≤ :data:`PERIOD2_TARGET` on every image of every group;
+* period-2 ratio (output over the larger of input and reference, see
+  :class:`training.evaluation_scores.ImageScorer`) ≤ :data:`PERIOD2_TARGET`
+  on every image of every group;
 * with an L1-only twin, at the noisy groups: HF ratio closer to 1 and GMS
   higher than the twin's, for at most :data:`L1_PSNR_LOSS` dB of PSNR
   (:func:`compare_with_l1`).
@@ -22,6 +28,7 @@ from typing import Any
 from training import detail
 from training.evaluation_settings import (
     ACCEPTANCE,
+    BM3D,
     INPUT,
     L1,
     NLM,
@@ -37,6 +44,12 @@ PERIOD2_TARGET = 2.0
 L1_PSNR_LOSS = 0.3
 INPUT_GAIN_TARGET = 3.0
 NLM_GAIN_TARGET = 0.5
+BASELINE_GAIN_TARGET = 0.5
+"""dB over tuned NLM and over tuned BM3D, at white and at correlated noise."""
+BLUR_GAIN_TARGET = 1.0
+"""dB over the input when the image is only blurred."""
+IDENTITY_TARGET = 45.0
+"""PSNR (dB) of enhance(clean) against clean."""
 DETAIL_TARGETS: tuple[detail.Insert, ...] = (
     detail.Insert(detail.InsertKind.LINE, 2.0, 0.04),
     detail.Insert(detail.InsertKind.DISC, 8.0, 0.02),
@@ -167,6 +180,36 @@ def check_targets(
                 value = methods[row]["psnr"] - methods[baseline]["psnr"]
                 ok = bool(value >= required) if _finite(value) else None
                 targets.append(_target(name, row, acceptance, value, f">= {required:+g} dB", ok))
+    for label, info in groups.items():
+        methods = results.get(label, {})
+        kind = info["kind"]
+        for row in rows:
+            if row not in methods:
+                continue
+            value = methods[row]["psnr"]
+            checks: list[tuple[str, float, float, str]] = []
+            acceptance_white = (
+                kind == GroupKind.WHITE
+                and info["setting"] is not None
+                and tuple(info["setting"]) == ACCEPTANCE
+            )
+            # NLM at the white acceptance setting is checked above already.
+            baselines = (BM3D,) if acceptance_white else (NLM, BM3D)
+            if kind == GroupKind.CORRELATED or acceptance_white:
+                for baseline in baselines:
+                    if baseline in methods:
+                        name = f"ΔPSNR vs {baseline.split(' (')[0]}"
+                        delta = value - methods[baseline]["psnr"]
+                        checks.append((name, delta, BASELINE_GAIN_TARGET, "dB (difference)"))
+            if kind == GroupKind.BLUR and INPUT in methods:
+                delta = value - methods[INPUT]["psnr"]
+                checks.append(("ΔPSNR vs input (blur only)", delta, BLUR_GAIN_TARGET, "dB"))
+            if kind == GroupKind.IDENTITY:
+                checks.append(("identity PSNR", value, IDENTITY_TARGET, "dB"))
+            for name, measured, bound, _unit in checks:
+                ok = bool(measured >= bound) if _finite(measured) else None
+                requirement = f">= {bound:+g} dB" if name.startswith("Δ") else f">= {bound:g} dB"
+                targets.append(_target(name, row, label, measured, requirement, ok))
     inserts = detail_summary.get("inserts", {})
     for insert in DETAIL_TARGETS:
         by_method = inserts.get(insert.label)
