@@ -179,7 +179,8 @@ def convert_fp16(
 ) -> onnx.ModelProto:
     """A float16 copy of a float32 model whose input and output stay float32.
 
-    Float initializers and Constant tensors become float16; a Cast after the
+    Float initializers and Constant tensors become float16 (except the roi and
+    scales of Resize, which stay float32); a Cast after the
     input and before the output keeps the interface float32. Operators named
     in `keep_fp32` get their float inputs cast to float32 and their outputs
     back to float16.
@@ -187,13 +188,18 @@ def convert_fp16(
     converted = onnx.ModelProto()
     converted.CopyFrom(model)
     graph = converted.graph
+    # Resize takes its roi and scales as float32 whatever the data type: the
+    # bilinear upsampling of the decoder must keep them.
+    fixed_fp32 = {
+        name for node in graph.node if node.op_type == "Resize" for name in node.input[1:] if name
+    }
     for init in graph.initializer:
-        if init.data_type == TensorProto.FLOAT:
+        if init.data_type == TensorProto.FLOAT and init.name not in fixed_fp32:
             init.CopyFrom(
                 numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
             )
     for node in graph.node:
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" and not set(node.output) & fixed_fp32:
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
                     array = numpy_helper.to_array(attr.t).astype(np.float16)
