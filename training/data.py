@@ -120,20 +120,20 @@ class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     ) -> None:
         if not records:
             raise ValueError("The training split is empty; add images or change the fractions.")
-        if crop < 16:
-            raise ValueError(f"crop must be at least 16 pixels; got {crop}.")
-        if length < 1:
-            raise ValueError(f"length must be at least 1; got {length}.")
         self.records = records
         self.images = images
-        self.crop = crop
         self.degradations = degradations
-        self.length = length
         self.seed = seed
-        self.epoch = 0
+        self.set_epoch(0, crop, length)
 
     def set_epoch(self, epoch: int, crop: int | None = None, length: int | None = None) -> None:
-        """Select the random stream of `epoch`, and optionally its crop size and length."""
+        """Select the random stream of `epoch`, and optionally its crop size and length.
+
+        Raises
+        ------
+        ValueError
+            If `crop` is below 16 pixels or `length` below 1.
+        """
         self.epoch = epoch
         if crop is not None:
             if crop < 16:

@@ -270,7 +270,11 @@ class _RankSampler(Sampler[int]):
         return iter(int(i) for i in order[self.info.rank :: self.info.world_size])
 
     def __len__(self) -> int:
-        return len(range(self.info.rank, self.length, self.info.world_size))
+        return self.share(self.length)
+
+    def share(self, length: int) -> int:
+        """How many of `length` items of an epoch this rank draws."""
+        return len(range(self.info.rank, length, self.info.world_size))
 
 
 def lr_factor(epoch: int, epochs: int, epochs_decay: int) -> float:
@@ -649,13 +653,13 @@ def train(
             floor,
         )
     writer = _tensorboard(run_dir) if info.is_main else None
-    total_steps = sum(
-        -(
-            -len(range(info.rank, config.items_for(e, len(train_records)), info.world_size))
-            // config.batch_size
-        )
-        for e in range(start_epoch, config.total_epochs)
-    )
+
+    def steps(epoch: int) -> int:
+        drawn = sampler.share(config.items_for(epoch, len(train_records)))
+        full, rest = divmod(drawn, config.batch_size)
+        return full + (1 if rest and not loader.drop_last else 0)
+
+    total_steps = sum(steps(e) for e in range(start_epoch, config.total_epochs))
     bar = _progress(total_steps, enabled=progress and info.is_main)
     autocast: AbstractContextManager[Any] = (
         torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
