@@ -22,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import pydicom
 from helpers.peers import LOOPBACK, NodeProcess, Orthanc, free_port, storescu
+from helpers.shared_data import rg1_path
 from pydicom.uid import generate_uid
 
 from dicom_node.config import CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING
 
-RG1 = Path("/work/shared/data/dicom/RG1_UNCI.dcm")
+RG1 = rg1_path()
 
 
 def main() -> None:

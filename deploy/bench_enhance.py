@@ -19,7 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-RG1 = Path("/work/shared/data/dicom/RG1_UNCI.dcm")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.shared_data import rg1_path
+
+RG1 = rg1_path()
 
 
 def _case(name: str, model: str | None, repeat: int) -> dict[str, object]:

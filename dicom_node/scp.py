@@ -114,9 +114,18 @@ class StorageSCP:
             raise RuntimeError("The SCP is not started.")
         return int(self._server.server_address[1])
 
-    def start(self) -> None:
-        """Start listening in background threads."""
+    def start(self, port: int | None = None) -> None:
+        """Start listening in background threads.
+
+        Parameters
+        ----------
+        port : int, optional
+            Listen on this port instead of ``[node] port``; ``0`` lets the
+            kernel choose a free one (read it back from :attr:`port`). For
+            tests and tools that run the SCP in-process.
+        """
         settings = self.runtime.config.node
+        listen_port = settings.port if port is None else port
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -127,7 +136,7 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_store),
         ]
         self._server = self.ae.start_server(
-            (settings.host, settings.port), block=False, evt_handlers=handlers
+            (settings.host, listen_port), block=False, evt_handlers=handlers
         )
         log_event(
             logger,

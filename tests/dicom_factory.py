@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from helpers.shared_data import rg1_path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -14,8 +15,8 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 SC = "1.2.840.10008.5.1.4.1.1.7"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 
-RG1 = Path("/work/shared/data/dicom/RG1_UNCI.dcm")
-"""The real CR chest image used across the tests (read-only)."""
+RG1 = rg1_path()
+"""The real CR chest image used across the tests (read-only; see :mod:`helpers.shared_data`)."""
 
 
 def _base(sop_class_uid: str, modality: str, **overrides: object) -> Dataset:

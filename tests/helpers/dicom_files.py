@@ -8,7 +8,6 @@ temporary directories.
 from __future__ import annotations
 
 import copy
-import os
 import struct
 import subprocess
 import tempfile
@@ -21,9 +20,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from helpers.peers import DCMCJPEG, DCMCONV, require_executable
+from helpers.shared_data import rg1_path
 
-RG1_PATH = Path(os.environ.get("DICOM_NODE_TEST_IMAGE", "/work/shared/data/dicom/RG1_UNCI.dcm"))
-"""The real test image; ``DICOM_NODE_TEST_IMAGE`` points elsewhere if needed."""
+RG1_PATH = rg1_path()
+"""The real test image (:mod:`helpers.shared_data`; ``DICOM_NODE_TEST_IMAGE`` points elsewhere)."""
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 RG1_PATIENT_NAME = "CompressedSamples^RG1"
