@@ -31,11 +31,12 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, generate_uid
 
 from dicom_node import PRODUCT_NAME, __version__
-from dicom_node.model_meta import ModelMetadata
 from dicom_node.strength import DEFAULT_STRENGTH, check_strength, format_strength
 
 if TYPE_CHECKING:
     import highdicom as hd
+
+    from dicom_node.model_meta import ModelMetadata
 
 MANUFACTURER = PRODUCT_NAME
 """Manufacturer of the derived object and of its Contributing Equipment item."""
@@ -168,12 +169,11 @@ class Provenance:
         Model Name, Software Versions, the Source Image Sequence (purpose DCM
         121322) and the Referenced Series Sequence pointing at the source.
         """
-        # pydicom's per-keyword type hints know no multi-valued values.
-        derived.ImageType = list(IMAGE_TYPE)  # type: ignore[assignment]
+        derived.ImageType = list(IMAGE_TYPE)
         derived.DerivationDescription = self.derivation_description
         derived.ImageComments = self.image_comment
         derived.ManufacturerModelName = self.manufacturer_model_name
-        derived.SoftwareVersions = list(self.software_versions)  # type: ignore[assignment]
+        derived.SoftwareVersions = list(self.software_versions)
 
         reference = Dataset()
         reference.ReferencedSOPClassUID = self.source_sop_class_uid

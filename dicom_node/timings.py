@@ -126,7 +126,8 @@ class StageTimings:
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}.")
-        return replace(self, **{f"{stage}_ms": ms})
+        changes: dict[str, Any] = {f"{stage}_ms": ms}
+        return replace(self, **changes)
 
 
 class Stopwatch:
