@@ -74,7 +74,7 @@ def enhance_job(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
         row.model_name = model.name
         row.model_version = model.version
         row.model_sha256 = model.sha256
-        row.strength = strength
+        row.strength = result.strength
         row.provider = provider
         row.timings = dict(timings)
         row.created_at = utcnow()
@@ -88,7 +88,7 @@ def enhance_job(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
         series_instance_uid=str(derived.SeriesInstanceUID),
         model=f"{model.name} {model.version}",
         model_sha256=model.short_hash,
-        strength=strength,
+        strength=result.strength,
         provider=provider,
         rows=int(derived.Rows),
         columns=int(derived.Columns),

@@ -43,7 +43,7 @@ def derive(
 ) -> Dataset:
     image = normalize_dataset(source)
     enhanced = np.clip(image.pixels * 0.9 + 0.05, 0, 1)
-    settings = replace(OutputSettings(), **output)  # type: ignore[arg-type]
+    settings = OutputSettings(**output)  # type: ignore[arg-type]
     return build_derived(source, image, enhanced, model, settings, strength=strength)
 
 
