@@ -76,7 +76,7 @@ def main() -> None:
                 times.append(elapsed)
                 print(f"run {run + 1}: {elapsed:.2f} s", flush=True)
             stored = node.log_events("job.processed")
-            inference = [float(e["inference_ms"]) for e in stored if "inference_ms" in e]
+            inference = [float(e["infer_ms"]) for e in stored if "infer_ms" in e]
             print(
                 f"RG1 1955x1841 end to end (storescu start -> derived stored in Orthanc): "
                 f"median {statistics.median(times):.2f} s, best {min(times):.2f} s "

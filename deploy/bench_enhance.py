@@ -30,8 +30,8 @@ def _case(name: str, model: str | None, repeat: int) -> dict[str, object]:
     import pydicom
 
     from dicom_node.config import ModelSettings, OutputSettings
-    from dicom_node.enhance_job import encode, enhance_dataset
     from dicom_node.inference import get_enhancer
+    from dicom_node.pipeline import enhance_instance
 
     settings = ModelSettings(path=Path(model) if model else None)
     if name.endswith("tiled"):
@@ -43,8 +43,7 @@ def _case(name: str, model: str | None, repeat: int) -> dict[str, object]:
         if name == "rg1-pipeline":
             source = pydicom.dcmread(RG1)
             start = time.perf_counter()
-            derived, _image, _t = enhance_dataset(source, enhancer, OutputSettings())
-            encode(derived)
+            enhance_instance(source, enhancer, OutputSettings())
             times.append(time.perf_counter() - start)
         else:
             side = int(name.split("-")[0])

@@ -18,10 +18,20 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from dicom_node import PRODUCT_NAME
+from dicom_node.provenance import produced_by_node
+
+__all__ = [
+    "InstanceInfo",
+    "NonConformantError",
+    "UndecodableError",
+    "info_from_dataset",
+    "inspect_encoded",
+    "inspect_file",
+    "is_valid_uid",
+    "produced_by_node",
+]
 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-PROCESSING_EQUIPMENT_CODE = "109102"
 
 
 class UndecodableError(ValueError):
@@ -48,28 +58,13 @@ class InstanceInfo:
     patient_id: str = ""
     accession_number: str = ""
     produced_by_node: bool = False
+    """Whether the instance is this node's own output
+    (:func:`dicom_node.provenance.produced_by_node`, re-exported here)."""
 
 
 def is_valid_uid(value: str) -> bool:
     """Return whether `value` is a syntactically valid DICOM UID."""
     return 0 < len(value) <= 64 and bool(_UID_RE.match(value))
-
-
-def produced_by_node(ds: Dataset) -> bool:
-    """Return whether `ds` carries this node's processing provenance.
-
-    The node lists itself in ContributingEquipmentSequence with Manufacturer
-    set to the product name and the purpose "Processing Equipment" (DCM
-    109102); any object with such an item is this node's output, whatever its
-    SOP class.
-    """
-    for item in ds.get("ContributingEquipmentSequence", []):
-        if str(item.get("Manufacturer", "")) != PRODUCT_NAME:
-            continue
-        purposes = item.get("PurposeOfReferenceCodeSequence", [])
-        if any(str(code.get("CodeValue", "")) == PROCESSING_EQUIPMENT_CODE for code in purposes):
-            return True
-    return False
 
 
 def _text(ds: Dataset, keyword: str) -> str:

@@ -1,14 +1,11 @@
-"""The derived object: an AI-enhanced Secondary Capture with full provenance.
+"""The enhanced Secondary Capture: the derived object a radiologist finds next to the original.
 
 :func:`build_derived` writes, with highdicom, a Secondary Capture Image
-(Explicit VR Little Endian, MONOCHROME2, 16 bit) that a radiologist finds
-next to the original: same patient and study, a new series, clearly labelled
-as AI-derived, pointing back at its source image and series, and naming the
-exact model (name, version, SHA-256 prefix) that produced it and the strength
-it was applied with. UIDs are derived deterministically from the source UIDs,
-the model hash and the strength, so processing the same image with the same
-model and strength again gives the same object identity and the PACS does not
-get duplicates, while another strength gives another series.
+(Explicit VR Little Endian, MONOCHROME2, 16 bit) with the source's patient
+and study, a new series, the source's valid geometry (orientation, spacing,
+laterality) and a display window for the derived values. Everything that
+says where the object came from (UIDs, labels, equipment, references to the
+source) comes from :func:`dicom_node.provenance.build_provenance`.
 """
 
 from __future__ import annotations
@@ -16,70 +13,25 @@ from __future__ import annotations
 import datetime as dt
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any, cast
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DS
 
-from dicom_node import PRODUCT_NAME, __version__
 from dicom_node.config import OutputSettings
-from dicom_node.dataset_info import is_valid_uid
 from dicom_node.model_meta import ModelMetadata
 from dicom_node.pixels import NormalizedImage, quantize
-from dicom_node.strength import DEFAULT_STRENGTH, check_strength, format_strength
+from dicom_node.provenance import MANUFACTURER, build_provenance
+from dicom_node.strength import DEFAULT_STRENGTH
 
 OUTPUT_BITS = 16
 OUTPUT_MAX = 2**OUTPUT_BITS - 1
-SOURCE_IMAGE_PURPOSE = hd.sr.CodedConcept(
-    value="121322",
-    scheme_designator="DCM",
-    meaning="Source image for image processing operation",
-)
 _BIPED = set("APRLHF")
 _MAX_IS = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class DerivedUIDs:
-    """Identity of a derived instance."""
-
-    series_instance_uid: str
-    sop_instance_uid: str
-
-
-def derived_uids(
-    source: Dataset, model_sha256: str, strength: float = DEFAULT_STRENGTH
-) -> DerivedUIDs:
-    """Deterministic UIDs for the derived series and instance.
-
-    The series UID depends only on the source series, the model and the
-    strength, so all images of one source series processed by one model at
-    one strength land in one derived series; the instance UID depends on the
-    source instance, the model and the strength. Strength 1 (the generator's
-    output as it is) adds nothing to the entropy, so those objects keep the
-    UIDs they had before the strength existed; any other strength gives
-    other UIDs.
-
-    Raises
-    ------
-    TypeError, ValueError
-        If `strength` is not a number from 0 to 1.
-    """
-    value = check_strength(strength)
-    extra = [] if value == 1.0 else [f"strength={value!r}"]
-    series = generate_uid(
-        entropy_srcs=["dicom-node-cxr/series", str(source.SeriesInstanceUID), model_sha256, *extra]
-    )
-    instance = generate_uid(
-        entropy_srcs=["dicom-node-cxr/instance", str(source.SOPInstanceUID), model_sha256, *extra]
-    )
-    return DerivedUIDs(series_instance_uid=str(series), sop_instance_uid=str(instance))
 
 
 def _positive_pair(value: object) -> tuple[float, float] | None:
@@ -188,33 +140,6 @@ def display_window(
     return (lo + hi) / 2 * OUTPUT_MAX, (hi - lo) * OUTPUT_MAX, "PERCENTILES 0.5-99.5"
 
 
-def _comment(model: ModelMetadata) -> str:
-    return (
-        "AI-ENHANCED DERIVED IMAGE - NOT FOR PRIMARY DIAGNOSIS. "
-        f"Produced by {PRODUCT_NAME} {__version__} with the pix2pix generator "
-        f"{model.name} {model.version} (ONNX SHA-256 {model.short_hash}). "
-        "The original image is unchanged in its own series."
-    )
-
-
-def _software_versions(model: ModelMetadata) -> list[str]:
-    return [f"{PRODUCT_NAME} {__version__}"[:64], f"{model.name} {model.version}"[:64]]
-
-
-def derivation_description(model: ModelMetadata, strength: float = DEFAULT_STRENGTH) -> str:
-    """DerivationDescription: the model, its version, its hash prefix and the strength.
-
-    Model name and version have at most 64 characters each
-    (:class:`~dicom_node.model_meta.ModelMetadata`), so the text stays far
-    below the 1024 characters of VR ST (DerivationDescription and
-    ContributionDescription).
-    """
-    return (
-        f"AI enhancement (pix2pix generator) by model {model.name} version {model.version}, "
-        f"ONNX SHA-256 {model.short_hash}, strength {format_strength(strength)}"
-    )
-
-
 def build_derived(
     source: Dataset,
     image: NormalizedImage,
@@ -265,25 +190,12 @@ def build_derived(
         raise ValueError(
             f"The enhanced image has shape {enhanced.shape}; the source has ({rows}, {cols})."
         )
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        if not is_valid_uid(_text(source, keyword)):
-            raise ValueError(f"The source's {keyword} is missing or invalid.")
-    strength = check_strength(strength)
-    now = now or dt.datetime.now(dt.UTC)
-    uids = derived_uids(source, model.sha256, strength)
+    provenance = build_provenance(source, model, strength, now)
     orientation = _patient_orientation(source)
     spacing = source_pixel_spacing(source)
     laterality = _text(source, "Laterality").upper() or None
     if laterality not in (None, "R", "L"):
         laterality = None
-    equipment = hd.ContributingEquipment(
-        manufacturer=PRODUCT_NAME,
-        purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=model.name[:64],
-        software_versions=_software_versions(model),
-        contribution_datetime=now.replace(tzinfo=None),
-        contribution_description=derivation_description(model, strength),
-    )
     pixels = quantize(enhanced, OUTPUT_BITS)
     with warnings.catch_warnings():
         # highdicom warns about unusual person names copied from the source; they
@@ -295,11 +207,11 @@ def build_derived(
             photometric_interpretation="MONOCHROME2",
             bits_allocated=OUTPUT_BITS,
             coordinate_system="PATIENT",
-            series_instance_uid=uids.series_instance_uid,
+            series_instance_uid=provenance.uids.series_instance_uid,
             series_number=_series_number(source, settings.series_number_offset),
-            sop_instance_uid=uids.sop_instance_uid,
+            sop_instance_uid=provenance.uids.sop_instance_uid,
             instance_number=_instance_number(source),
-            manufacturer=PRODUCT_NAME,
+            manufacturer=MANUFACTURER,
             # highdicom annotates pixel_spacing as integers; it takes floats.
             pixel_spacing=cast(
                 Any, spacing[0] if spacing and spacing[1] == "PixelSpacing" else None
@@ -308,7 +220,7 @@ def build_derived(
             # Validated and set below: highdicom accepts only single-letter directions.
             patient_orientation=("L", "F"),
             transfer_syntax_uid=ExplicitVRLittleEndian,
-            contributing_equipment=[equipment],
+            contributing_equipment=[provenance.contributing_equipment()],
         )
 
     # Type 2: the source's value, or present and empty rather than invented.
@@ -317,13 +229,9 @@ def build_derived(
         # Spacing at the detector, not calibrated to the patient: the SC image's
         # Nominal Scanned Pixel Spacing is the attribute with that meaning.
         derived.NominalScannedPixelSpacing = [DS(v, auto_format=True) for v in spacing[0]]
-    _set(derived, "ImageType", ["DERIVED", "SECONDARY"])
+    provenance.apply(derived)
     derived.ConversionType = "WSD"
     derived.SeriesDescription = series_description(source, settings)
-    derived.ImageComments = _comment(model)
-    derived.DerivationDescription = derivation_description(model, strength)
-    derived.ManufacturerModelName = model.name[:64]
-    _set(derived, "SoftwareVersions", _software_versions(model))
     derived.BurnedInAnnotation = "NO"
     derived.LossyImageCompression = "01" if _text(source, "LossyImageCompression") == "01" else "00"
     for keyword in ("Modality", "BodyPartExamined", "StudyDescription", "StudyID"):
@@ -339,21 +247,4 @@ def build_derived(
     derived.WindowWidth = DS(round(max(width, 1.0), 1), auto_format=True)
     derived.WindowCenterWidthExplanation = explanation
 
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = source.SOPClassUID
-    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    purpose = Dataset()
-    purpose.CodeValue = SOURCE_IMAGE_PURPOSE.value
-    purpose.CodingSchemeDesignator = SOURCE_IMAGE_PURPOSE.scheme_designator
-    purpose.CodeMeaning = SOURCE_IMAGE_PURPOSE.meaning
-    reference.PurposeOfReferenceCodeSequence = [purpose]
-    derived.SourceImageSequence = [reference]
-
-    instance_ref = Dataset()
-    instance_ref.ReferencedSOPClassUID = source.SOPClassUID
-    instance_ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    series_ref = Dataset()
-    series_ref.SeriesInstanceUID = source.SeriesInstanceUID
-    series_ref.ReferencedInstanceSequence = [instance_ref]
-    derived.ReferencedSeriesSequence = [series_ref]
     return derived

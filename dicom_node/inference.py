@@ -1,7 +1,8 @@
 """The generator: one onnxruntime session per process.
 
-:func:`get_enhancer` creates the :class:`Enhancer` once (validating the
-model's metadata and warming it up) and returns the same object afterwards.
+:func:`get_enhancer` creates the :class:`Enhancer` once per distinct
+:class:`~dicom_node.config.ModelSettings` value (validating the model's
+metadata and warming it up) and returns the same object afterwards.
 The CUDA execution provider is used when onnxruntime-gpu finds a GPU (or when
 ``[model] provider = "cuda"``), the CPU provider otherwise. On CUDA, cuDNN's
 convolution algorithm search is set to HEURISTIC so a new image size does not
@@ -14,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from dicom_node.errors import ModelError
 from dicom_node.logs import log_event
 from dicom_node.model_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata, file_sha256
 from dicom_node.tiling import crop, pad_to_multiple, run_tiled
+from dicom_node.timings import StageTimings
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +37,6 @@ BUNDLED_MODEL = "cxr_pix2pix.onnx"
 def bundled_model_path() -> Path:
     """Path of the default model shipped inside the package."""
     return Path(str(resources.files("dicom_node") / "bundled_model" / BUNDLED_MODEL))
-
-
-@dataclass(frozen=True)
-class InferenceTimings:
-    """Where the time of one :meth:`Enhancer.enhance` call went (milliseconds)."""
-
-    pad_ms: float
-    inference_ms: float
-    tiles: int
 
 
 class Enhancer:
@@ -156,7 +148,7 @@ class Enhancer:
 
     def enhance(
         self, image: np.ndarray, force_tiled: bool = False
-    ) -> tuple[np.ndarray, InferenceTimings]:
+    ) -> tuple[np.ndarray, StageTimings]:
         """Enhance a normalised image (see :mod:`dicom_node.pixels`).
 
         The image is reflect-padded to the model's size multiple and cropped
@@ -173,8 +165,10 @@ class Enhancer:
 
         Returns
         -------
-        tuple[numpy.ndarray, InferenceTimings]
-            The enhanced image, float32 in [0, 1], same shape.
+        tuple[numpy.ndarray, StageTimings]
+            The enhanced image, float32 in [0, 1], same shape, and the
+            ``infer`` stage (padding, model runs, tile blending, cropping)
+            with the number of ``tiles`` run.
         """
         if image.ndim != 2:
             raise ValueError(f"Expected a 2-D image, got shape {image.shape}.")
@@ -186,8 +180,6 @@ class Enhancer:
         if tiled:
             tile = max(multiple, settings.tile_size - settings.tile_size % multiple)
             padded, pad2 = pad_to_multiple(padded, multiple, minimum=tile)
-        padded_at = time.perf_counter()
-        if tiled:
             tiles_used = 0
 
             def counted(tile_image: np.ndarray) -> np.ndarray:
@@ -200,13 +192,9 @@ class Enhancer:
         else:
             tiles_used = 1
             result = self._run(padded)
-        inferred_at = time.perf_counter()
         result = np.clip(crop(result, pad), 0.0, 1.0)
-        return result, InferenceTimings(
-            pad_ms=(padded_at - start) * 1000,
-            inference_ms=(inferred_at - padded_at) * 1000,
-            tiles=tiles_used,
-        )
+        infer_ms = (time.perf_counter() - start) * 1000
+        return result, StageTimings(infer_ms=infer_ms, tiles=tiles_used)
 
     def describe(self) -> dict[str, Any]:
         """Model metadata, file hash and execution provider, for display and logs."""
@@ -218,12 +206,17 @@ class Enhancer:
         return info
 
 
-_ENHANCERS: dict[tuple[str, str, int], Enhancer] = {}
+_ENHANCERS: dict[tuple[str, ModelSettings], Enhancer] = {}
 _ENHANCERS_LOCK = threading.Lock()
 
 
 def get_enhancer(settings: ModelSettings) -> Enhancer:
     """Return this process's :class:`Enhancer` for `settings`, creating it once.
+
+    The cache key is the resolved model path and the whole `settings` value
+    (a frozen, hashable object): tiling, warm-up, provider and device all
+    change the session or its results, so settings that differ in any field
+    get their own session, and equal settings share one.
 
     Raises
     ------
@@ -231,7 +224,7 @@ def get_enhancer(settings: ModelSettings) -> Enhancer:
         As :class:`Enhancer`.
     """
     path = settings.path or bundled_model_path()
-    key = (str(Path(path).resolve()), settings.provider, settings.device_id)
+    key = (str(Path(path).resolve()), settings)
     with _ENHANCERS_LOCK:
         enhancer = _ENHANCERS.get(key)
         if enhancer is None:

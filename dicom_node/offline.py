@@ -1,12 +1,14 @@
 """``dicom-node enhance``: the node's pipeline on files, without a network.
 
 DICOM in → derived DICOM out, exactly as the node would produce it (same
-routing rules, strength, labels and provenance); grayscale PNG or TIFF (8 or
+routing rules, strength, labels and provenance: both run
+:func:`dicom_node.pipeline.enhance_instance`); grayscale PNG or TIFF (8 or
 16 bit) or JPEG (8 bit) in → PNG of the same size and bit depth out (a bit
 depth below 16 in a 16-bit file is written back as the PNG sBIT chunk). The
 strength is ``--strength`` when given, else the matching rule's (DICOM) or
-``[model] strength``. One summary line per file; a file that cannot be
-processed gets a one-line reason and the others are still processed.
+``[model] strength``. One summary line per file, with the stage timings of
+:class:`~dicom_node.timings.StageTimings`; a file that cannot be processed
+gets a one-line reason and the others are still processed.
 Outputs never overwrite an input.
 """
 
@@ -23,13 +25,14 @@ import pydicom
 
 from dicom_node.config import Config
 from dicom_node.dataset_info import info_from_dataset
-from dicom_node.enhance_job import encode, enhance_dataset
 from dicom_node.errors import NodeError
 from dicom_node.inference import Enhancer, get_enhancer
+from dicom_node.pipeline import apply_model, enhance_instance
 from dicom_node.pixels import IMAGE_SUFFIXES, quantize, read_image_file
 from dicom_node.routing import route
 from dicom_node.spool import write_atomic
-from dicom_node.strength import blend, check_strength, format_strength
+from dicom_node.strength import check_strength, format_strength
+from dicom_node.timings import StageTimings, Stopwatch
 
 
 class UnprocessableFileError(Exception):
@@ -64,25 +67,39 @@ def png_bytes(values: np.ndarray, bits: int) -> bytes:
     return buffer.getvalue()
 
 
+def stage_summary(timings: StageTimings) -> str:
+    """The stage timings of a summary line: ``tiles 1, read 12 ms, infer 840 ms, …``."""
+    parts = [f"tiles {timings.tiles}"] if timings.tiles is not None else []
+    parts += [f"{stage} {ms:.0f} ms" for stage, ms in timings.as_dict().items()]
+    return ", ".join(parts)
+
+
 def enhance_image_file(path: Path, output_dir: Path, enhancer: Enhancer, strength: float) -> str:
     """Enhance a PNG/TIFF/JPEG; write a PNG of the same size and bit depth. Returns a summary."""
+    clock = Stopwatch()
     try:
         image, raw = read_image_file(path)
     except NodeError as exc:
         raise UnprocessableFileError(str(exc)) from exc
-    enhanced, timings = enhancer.enhance(image.pixels)
-    enhanced = blend(image.pixels, enhanced, strength)
+    # One Pillow call reads, decodes and normalises: all of it is the read stage.
+    timings = StageTimings(read_ms=clock.lap())
+    enhanced, model_timings = apply_model(enhancer, image.pixels, strength)
+    clock.lap()
     # The input's container (8 or 16 bit) and value depth: a 16-bit file that
     # declares 8 bits or fewer stays a 16-bit PNG, with its sBIT.
     values = quantize(enhanced, image.bits_stored).astype(raw.dtype)
     target = _output_path(path, output_dir, ".png")
-    write_atomic(target, png_bytes(values, image.bits_stored))
+    data = png_bytes(values, image.bits_stored)
+    encode_ms = clock.lap()
+    write_atomic(target, data)
+    timings = timings.merged(model_timings).merged(
+        StageTimings(encode_ms=encode_ms, write_ms=clock.lap())
+    )
     rows, cols = raw.shape
     container = 8 if values.dtype == np.uint8 else 16
     return (
         f"{path} -> {target} ({cols}x{rows}, {container}-bit PNG, {image.bits_stored}-bit values, "
-        f"strength {format_strength(strength)}, {timings.tiles} tile(s), "
-        f"inference {timings.inference_ms / 1000:.2f} s)"
+        f"strength {format_strength(strength)}; {stage_summary(timings)})"
     )
 
 
@@ -97,12 +114,14 @@ def enhance_dicom_file(
 
     `strength` None uses the matching rule's strength, else ``[model] strength``.
     """
+    clock = Stopwatch()
     try:
         source = pydicom.dcmread(path)
         transfer_syntax = str(source.file_meta.TransferSyntaxUID)
         info = info_from_dataset(source, transfer_syntax)
     except Exception as exc:
         raise UnprocessableFileError(f"not a readable DICOM image: {exc}") from exc
+    read_ms = clock.lap()
     decision = route(config, info, calling_aet="")
     if decision.action != "enhance":
         raise UnprocessableFileError(
@@ -113,16 +132,18 @@ def enhance_dicom_file(
     if strength is None:
         strength = decision.strength if decision.strength is not None else config.model.strength
     try:
-        derived, image, timings = enhance_dataset(source, enhancer, config.output, strength)
+        result = enhance_instance(source, enhancer, config.output, strength=strength)
     except NodeError as exc:
         raise UnprocessableFileError(str(exc)) from exc
-    write_atomic(target, encode(derived))
+    clock.lap()
+    write_atomic(target, result.data)
+    timings = result.timings.merged(StageTimings(read_ms=read_ms, write_ms=clock.lap()))
+    derived, image = result.derived, result.image
     photometric = "MONOCHROME1" if image.inverted else "MONOCHROME2"
     return (
         f"{path} -> {target} ({derived.Columns}x{derived.Rows}, {image.bits_stored}-bit "
         f"{photometric} in, strength {format_strength(strength)}, "
-        f"SOP Instance UID {derived.SOPInstanceUID}, "
-        f"inference {timings['inference'] / 1000:.2f} s)"
+        f"SOP Instance UID {derived.SOPInstanceUID}; {stage_summary(timings)})"
     )
 
 

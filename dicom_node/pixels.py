@@ -120,18 +120,13 @@ def check_grayscale(ds: Dataset) -> None:
         raise PixelDataError(f"Bits Stored {bits} is not supported; expected 1 to 16.")
 
 
-def normalize_dataset(ds: Dataset) -> NormalizedImage:
-    """Decode and normalise a DICOM image to the model's convention.
-
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        A single-frame MONOCHROME1/2 image in any transfer syntax pydicom
-        can decode with the installed plugins.
+def decode_pixels(ds: Dataset) -> np.ndarray:
+    """Decode the stored values of a single-frame grayscale DICOM image.
 
     Returns
     -------
-    NormalizedImage
+    numpy.ndarray
+        The stored values, shape (Rows, Columns), as pydicom decodes them.
 
     Raises
     ------
@@ -149,6 +144,29 @@ def normalize_dataset(ds: Dataset) -> NormalizedImage:
         raise PixelDataError(
             f"The decoded pixel data has shape {stored.shape}, expected ({rows}, {cols})."
         )
+    return np.asarray(stored)
+
+
+def normalize_pixels(ds: Dataset, stored: np.ndarray) -> NormalizedImage:
+    """Map the decoded stored values of `ds` to the model's convention.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The image the values come from (Modality LUT, Bits Stored, Photometric
+        Interpretation).
+    stored : numpy.ndarray
+        Its stored values (:func:`decode_pixels`).
+
+    Returns
+    -------
+    NormalizedImage
+
+    Raises
+    ------
+    PixelDataError
+        If the Modality LUT cannot be applied or gives an empty value range.
+    """
     try:
         values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
         low, high = _modality_range(ds)
@@ -167,6 +185,30 @@ def normalize_dataset(ds: Dataset) -> NormalizedImage:
         high=high,
         inverted=inverted,
     )
+
+
+def normalize_dataset(ds: Dataset) -> NormalizedImage:
+    """Decode and normalise a DICOM image to the model's convention.
+
+    :func:`decode_pixels` then :func:`normalize_pixels`.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        A single-frame MONOCHROME1/2 image in any transfer syntax pydicom
+        can decode with the installed plugins.
+
+    Returns
+    -------
+    NormalizedImage
+
+    Raises
+    ------
+    PixelDataError
+        If the image is not grayscale, has several frames, or its pixel data
+        cannot be decoded.
+    """
+    return normalize_pixels(ds, decode_pixels(ds))
 
 
 def png_significant_bits(path: Path) -> int | None:

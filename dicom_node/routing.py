@@ -3,9 +3,10 @@
 Rules are tried in configuration order; the first that matches wins. An
 instance no rule matches is kept for the retention period and not processed.
 An instance this node produced is never processed again (loop prevention),
-whatever the rules say. The strength of an ``enhance`` is the matching
-rule's ``strength`` when it sets one, else ``[model] strength``
-(:func:`enhance_strength`).
+whatever the rules say; :func:`dicom_node.provenance.produced_by_node` decides
+what is the node's own output (``InstanceInfo.produced_by_node``). The
+strength of an ``enhance`` is the matching rule's ``strength`` when it sets
+one, else ``[model] strength`` (:func:`enhance_strength`).
 """
 
 from __future__ import annotations

@@ -12,26 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-
-from sqlalchemy.orm import Session
 
 from dicom_node.errors import PermanentError, RetryableError
 from dicom_node.jobs import ClaimedJob, Output, claim_job, complete_processing, fail_job
 from dicom_node.logs import log_event
+from dicom_node.outcome import ProcessResult
 from dicom_node.runtime import Runtime
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ProcessResult:
-    """What a processor produced."""
-
-    outputs: list[Output]
-    timings: dict[str, float] = field(default_factory=dict)
-    audit: Callable[[Session], None] | None = None
 
 
 Processor = Callable[[Runtime, ClaimedJob], ProcessResult]

@@ -117,8 +117,11 @@ def test_rg1_comes_back_enhanced_with_provenance(
         model_sha,
         "CPUExecutionProvider",
         "queue_wait",
-        "inference",
+        "decode",
+        "infer",
+        "derive",
         "encode",
+        "write",
         "send_pacs",
     ):
         assert text in shown.stdout, text

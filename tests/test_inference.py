@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +30,28 @@ def test_loads_on_cpu_and_describes_itself(model_path: Path) -> None:
     assert enhancer.metadata.short_hash == info["sha256"][:16]
 
 
-def test_one_session_per_process(model_path: Path) -> None:
+def test_one_session_per_process_per_settings(model_path: Path) -> None:
     settings = ModelSettings(path=model_path)
-    assert get_enhancer(settings) is get_enhancer(replace(settings, warmup=False))
+    enhancer = get_enhancer(settings)
+    assert get_enhancer(ModelSettings(path=model_path)) is enhancer  # equal settings: shared
+    # Warm-up changes the session: its own, not the warmed-up one.
+    assert get_enhancer(ModelSettings(path=model_path, warmup=False)) is not enhancer
+
+
+def test_tiling_settings_are_not_served_a_session_made_for_others(model_path: Path) -> None:
+    image = np.random.default_rng(3).random((600, 600), dtype=np.float32)
+    whole = get_enhancer(ModelSettings(path=model_path, max_whole_pixels=10**8))
+    assert whole.enhance(image)[1].tiles == 1
+    tiled = get_enhancer(
+        ModelSettings(path=model_path, max_whole_pixels=256 * 256, tile_size=256, tile_overlap=32)
+    )
+    assert tiled is not whole
+    assert tiled.settings.tile_size == 256
+    assert tiled.enhance(image)[1].tiles > 1
+    other_overlap = get_enhancer(
+        ModelSettings(path=model_path, max_whole_pixels=256 * 256, tile_size=256, tile_overlap=64)
+    )
+    assert other_overlap is not tiled and other_overlap.settings.tile_overlap == 64
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(1, 1), (31, 33), (255, 257), (300, 1000)])
@@ -44,6 +62,8 @@ def test_output_has_the_input_shape(model_path: Path, rows: int, cols: int) -> N
     assert out.shape == (rows, cols) and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert timings.tiles == 1
+    assert timings.infer_ms is not None and timings.infer_ms > 0
+    assert set(timings.as_dict()) == {"infer"}
     # The smoothing model really ran: the output differs from the input.
     if rows > 2 and cols > 2:
         assert np.abs(out - image).mean() > 1e-3
@@ -65,7 +85,9 @@ def test_large_images_are_tiled_and_agree_with_whole(model_path: Path) -> None:
     image = np.random.default_rng(11).random((1100, 900), dtype=np.float32)
     tiled, timings = enhancer.enhance(image)
     assert timings.tiles > 1
-    whole, whole_timings = Enhancer(replace(settings, max_whole_pixels=10**8)).enhance(image)
+    whole, whole_timings = Enhancer(
+        ModelSettings(path=model_path, tile_size=512, tile_overlap=64, max_whole_pixels=10**8)
+    ).enhance(image)
     assert whole_timings.tiles == 1
     np.testing.assert_allclose(tiled, whole, atol=1e-6)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -46,8 +47,17 @@ def test_dicom_and_png_in_one_run(tmp_path: Path, model: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len([line for line in lines if line.startswith("OK ")]) == 3
+    ok = [line for line in lines if line.startswith("OK ")]
+    assert len(ok) == 3
     assert lines[-1].startswith("3 of 3 file(s) enhanced with model offline-test 1.0")
+    # The stage timings, named as everywhere else (dicom_node.timings).
+    (dicom_line,) = [line for line in ok if line.startswith(f"OK {RG1} ")]
+    stages = "tiles 1, read .* ms, decode .* ms, normalise .* ms, infer .* ms, blend .* ms, "
+    assert re.search(stages + "derive .* ms, encode .* ms, write .* ms\\) in ", dicom_line)
+    (png_line,) = [line for line in ok if line.startswith(f"OK {png8} ")]
+    assert re.search(
+        r"tiles 1, read .* ms, infer .* ms, blend .* ms, encode .* ms, write .* ms\)", png_line
+    )
 
     derived = pydicom.dcmread(out / "RG1_UNCI.dcm")
     source = pydicom.dcmread(RG1)
