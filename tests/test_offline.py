@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from dicom_factory import DX_PRESENTATION, RG1, ct, gradient_image, save, xray
 from helpers.peers import to_toml
+from helpers.shared_data import shared_data_dir
 from onnx_models import make_smoothing_model
 from PIL import Image
 from test_derive import dciodvfy_errors
@@ -20,7 +21,7 @@ from test_pixels import save_png16
 
 from dicom_node.pixels import CONVENTION, normalize_dataset, png_significant_bits, quantize
 
-CXR = Path("/work/shared/data/cxr")
+CXR = shared_data_dir() / "cxr"
 
 
 def run_enhance(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
