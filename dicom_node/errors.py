@@ -1,8 +1,11 @@
 """Exception hierarchy of the node.
 
-The *class* of an exception decides what happens to the work that raised it:
-a :class:`RetryableError` is retried with exponential backoff until the
-maximum number of attempts, a :class:`PermanentError` fails the job at once.
+Every error the node raises on purpose derives from :class:`NodeError`. The
+*class* of an exception decides what happens to the work that raised it (see
+:class:`~dicom_node.retry.RetryPolicy`): a :class:`PermanentError` fails the
+job at once; anything else, a :class:`RetryableError` or an exception the
+node did not expect, is retried with exponential backoff until the maximum
+number of attempts, then dead-lettered.
 """
 
 
@@ -32,3 +35,11 @@ class DispatchError(RetryableError):
 
 class ModelError(PermanentError):
     """The ONNX model is missing, unreadable or does not follow the node's convention."""
+
+
+class JobNotFoundError(NodeError, LookupError):
+    """No job has the given id (``dicom-node jobs show`` / ``jobs retry``)."""
+
+
+class JobStateError(NodeError, ValueError):
+    """A job is not in a state that allows the requested operation."""

@@ -23,14 +23,15 @@ from dicom_node.db import (
     Study,
     utcnow,
 )
-from dicom_node.jobs import FINAL_STATES
 from dicom_node.logs import log_event
 from dicom_node.runtime import Runtime
-from dicom_node.spool import PARTIAL_SUFFIX, remove_quietly
+from dicom_node.spool import PARTIAL_MAX_AGE, PARTIAL_SUFFIX, partial_abandoned, remove_quietly
+from dicom_node.states import FINAL_JOB_STATES
 
 logger = logging.getLogger(__name__)
 
-ORPHAN_AGE = dt.timedelta(hours=1)
+ORPHAN_AGE = PARTIAL_MAX_AGE
+"""Age from which a spool file no row refers to is an orphan (the spool's own bound)."""
 
 
 BATCH = 500
@@ -63,7 +64,7 @@ def purge_expired(runtime: Runtime, now: dt.datetime | None = None) -> int:
 
 def _purge_batch(runtime: Runtime, cutoff: dt.datetime) -> tuple[int, list[Path]]:
     files: list[Path] = []
-    busy = select(Job.instance_id).where(Job.state.not_in(FINAL_STATES))
+    busy = select(Job.instance_id).where(Job.state.not_in([s.value for s in FINAL_JOB_STATES]))
     with runtime.session() as session, session.begin():
         candidates = session.scalars(
             select(Instance)
@@ -99,8 +100,9 @@ def remove_orphans(runtime: Runtime, min_age: dt.timedelta = ORPHAN_AGE) -> int:
     """Delete spool files that no database row refers to (left by a crash).
 
     A file is an orphan when it is older than `min_age` and neither a received
-    nor a derived instance points at it; ``.partial`` files of that age are
-    removed too. Returns the number of files removed.
+    nor a derived instance points at it. A ``.partial`` file is removed when
+    :func:`~dicom_node.spool.partial_abandoned` says so (its writer is gone,
+    or it is older than `min_age`). Returns the number of files removed.
     """
     spool = runtime.config.storage.spool_dir
     if not spool.exists():
@@ -113,12 +115,14 @@ def remove_orphans(runtime: Runtime, min_age: dt.timedelta = ORPHAN_AGE) -> int:
     for path in spool.rglob("*"):
         if not path.is_file():
             continue
-        try:
-            if path.stat().st_mtime > limit:
+        if path.name.endswith(PARTIAL_SUFFIX):
+            orphan = partial_abandoned(path, min_age)
+        else:
+            try:
+                orphan = path.stat().st_mtime <= limit and str(path) not in known
+            except FileNotFoundError:
                 continue
-        except FileNotFoundError:
-            continue
-        if path.name.endswith(PARTIAL_SUFFIX) or str(path) not in known:
+        if orphan:
             remove_quietly(path)
             removed += 1
     if removed:

@@ -25,6 +25,7 @@ from dicom_node.logs import log_event
 from dicom_node.routing import Route, route
 from dicom_node.runtime import Runtime
 from dicom_node.spool import remove_quietly, spool_path, write_atomic
+from dicom_node.states import Action, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +179,11 @@ def _record(
                 session.add(instance)
                 session.flush()
                 job_id = None
-                if decision.action != "ignore":
+                if decision.action != Action.IGNORE:
                     job = Job(
                         instance_id=instance.id,
-                        action=decision.action,
+                        state=JobState.QUEUED.value,
+                        action=Action(decision.action).value,
                         rule=decision.rule,
                         destinations=list(decision.destinations),
                     )

@@ -12,11 +12,23 @@ from sqlalchemy.orm import selectinload
 
 from dicom_node.db import Dispatch, Instance, Job, Series
 from dicom_node.runtime import Runtime
+from dicom_node.states import DispatchState, JobState
 from dicom_node.strength import format_strength
+
+JOB_STATE_CHOICES: tuple[str, ...] = tuple(state.value for state in JobState)
+"""The values ``jobs list --state`` accepts."""
 
 
 def list_jobs(runtime: Runtime, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """Return the most recent jobs (newest first) as plain dictionaries."""
+    """Return the most recent jobs (newest first) as plain dictionaries.
+
+    Raises
+    ------
+    ValueError
+        If `state` is not a job state (:class:`~dicom_node.states.JobState`).
+    """
+    if state and state not in JOB_STATE_CHOICES:
+        raise ValueError(f"state: {state!r} is not one of {', '.join(JOB_STATE_CHOICES)}.")
     with runtime.session() as session:
         query = (
             select(Job, Instance)
@@ -70,7 +82,7 @@ def show_job(runtime: Runtime, job_id: int) -> dict[str, Any] | None:
             "started_at": job.started_at,
             "processed_at": job.processed_at,
             "finished_at": job.finished_at,
-            "next_run_at": job.next_run_at if job.state == "queued" else None,
+            "next_run_at": job.next_run_at if job.state == JobState.QUEUED else None,
             "timings_ms": job.timings or {},
             "source": {
                 "sop_instance_uid": instance.sop_instance_uid,
@@ -106,7 +118,9 @@ def show_job(runtime: Runtime, job_id: int) -> dict[str, Any] | None:
                     "attempts": d.attempts,
                     "last_error": d.last_error,
                     "sent_at": d.sent_at,
-                    "next_attempt_at": d.next_attempt_at if d.state == "pending" else None,
+                    "next_attempt_at": d.next_attempt_at
+                    if d.state == DispatchState.PENDING
+                    else None,
                     "attempt_log": [
                         {
                             "at": a.started_at,

@@ -20,7 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_node.dispatch import dispatch_due
 from dicom_node.housekeeping import run_housekeeping
-from dicom_node.jobs import heartbeat, recover_stale, unregister
+from dicom_node.liveness import heartbeat, recover_stale, unregister
 from dicom_node.logs import log_event
 from dicom_node.runtime import Runtime
 from dicom_node.scp import StorageSCP

@@ -2,9 +2,10 @@
 
 ``forward`` sends the received file unchanged; ``enhance`` runs the
 generator and sends the derived series (:mod:`dicom_node.enhance_job`).
-The class of an exception decides the outcome (see :mod:`dicom_node.errors`);
-an unexpected exception fails the job with its message, and the node keeps
-serving.
+The class of an exception decides the outcome
+(:class:`~dicom_node.retry.RetryPolicy`): a permanent error fails the job, any
+other is retried up to ``jobs.max_attempts``. An exception the node did not
+raise on purpose is logged with its traceback, and the node keeps serving.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dicom_node.errors import PermanentError, RetryableError
+from dicom_node.enhance_job import enhance_job
+from dicom_node.errors import PermanentError
 from dicom_node.jobs import ClaimedJob, Output, claim_job, complete_processing, fail_job
 from dicom_node.logs import log_event
 from dicom_node.outcome import ProcessResult
+from dicom_node.retry import is_expected
 from dicom_node.runtime import Runtime
+from dicom_node.states import Action
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +45,11 @@ def forward(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
 
 
 def enhance(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
-    """Run the generator and build the derived instance (loaded on first use)."""
-    from dicom_node.enhance_job import enhance_job
-
+    """Run the generator and build the derived instance (:mod:`dicom_node.enhance_job`)."""
     return enhance_job(runtime, job)
 
 
-PROCESSORS: dict[str, Processor] = {"forward": forward, "enhance": enhance}
+PROCESSORS: dict[str, Processor] = {Action.FORWARD: forward, Action.ENHANCE: enhance}
 
 
 def process_one(runtime: Runtime) -> bool:
@@ -80,15 +82,10 @@ def _run(runtime: Runtime, job: ClaimedJob) -> None:
         if processor is None:
             raise PermanentError(f"Unknown action {job.action!r}.")
         result = processor(runtime, job)
-    except RetryableError as exc:
-        fail_job(runtime, job, str(exc), retryable=True)
-        return
-    except PermanentError as exc:
-        fail_job(runtime, job, str(exc), retryable=False)
-        return
     except Exception as exc:
-        logger.exception("job %s raised an unexpected error", job.id)
-        fail_job(runtime, job, f"unexpected error: {exc.__class__.__name__}: {exc}", False)
+        if not is_expected(exc):
+            logger.exception("job %s raised an unexpected error", job.id)
+        fail_job(runtime, job, exc)
         return
     timings: dict[str, Any] = dict(result.timings)
     timings.setdefault("process", (time.perf_counter() - start) * 1000)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -23,7 +22,7 @@ from helpers.dicom_files import SampleFile
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node.config import JobSettings, parse_config
+from dicom_node.config import parse_config
 from dicom_node.dataset_info import inspect_file
 from dicom_node.db import Dispatch, Job, Worker, utcnow
 from dicom_node.errors import PermanentError, RetryableError
@@ -31,17 +30,16 @@ from dicom_node.ingest import ingest
 from dicom_node.jobs import (
     JobNotFoundError,
     Output,
-    backoff_delay,
     claim_job,
     complete_processing,
     fail_job,
-    heartbeat,
-    recover_stale,
     release_job,
     retry,
     settle_job,
 )
+from dicom_node.liveness import heartbeat, recover_stale
 from dicom_node.runtime import Runtime
+from dicom_node.states import JobState
 from dicom_node.worker import PROCESSORS, ProcessResult, forward, process_one
 
 RuntimeFactory = Callable[..., Runtime]
@@ -95,28 +93,6 @@ def job_row(runtime: Runtime, job_id: int) -> Job:
 
 def output_of(job: Any) -> list[Output]:
     return [Output(job.path, job.sop_class_uid, job.sop_instance_uid, job.transfer_syntax_uid)]
-
-
-# --------------------------------------------------------------------------- backoff
-
-
-def test_backoff_is_exponential_capped_and_jittered() -> None:
-    settings = JobSettings(retry_base_delay=2.0, retry_max_delay=30.0, retry_jitter=0.0)
-    assert [backoff_delay(n, settings) for n in range(1, 7)] == [2, 4, 8, 16, 30, 30]
-    jittered = JobSettings(retry_base_delay=10.0, retry_max_delay=100.0, retry_jitter=0.2)
-    rng = random.Random(7)
-    delays = [backoff_delay(1, jittered, rng) for _ in range(200)]
-    assert all(8.0 <= d <= 12.0 for d in delays)
-    assert max(delays) - min(delays) > 2.0  # actually spread, not constant
-
-
-def test_the_default_retry_schedule_outlasts_a_ten_minute_outage() -> None:
-    """With the defaults, a delivery is still being retried after 10 minutes of PACS outage."""
-    settings = JobSettings()  # the defaults of config.py and node.example.toml
-    worst = random.Random(0)
-    worst.random = lambda: 0.0  # type: ignore[method-assign]  # every jitter at its minimum
-    waited = sum(backoff_delay(n, settings, worst) for n in range(1, settings.max_attempts))
-    assert waited > 600, waited
 
 
 # --------------------------------------------------------------------------- ingestion
@@ -203,7 +179,7 @@ def test_retryable_failures_back_off_then_dead_letter(
     job = claim_job(runtime)
     assert job is not None
     before = utcnow()
-    assert fail_job(runtime, job, "peer busy", retryable=True) == "queued"
+    assert fail_job(runtime, job, RetryableError("peer busy")) == "queued"
     row = job_row(runtime, job_id)
     assert row.error == "peer busy"
     assert row.next_run_at >= before + dt.timedelta(seconds=30 * 0.8 - 1)
@@ -212,7 +188,7 @@ def test_retryable_failures_back_off_then_dead_letter(
         session.execute(update(Job).values(next_run_at=utcnow()))
     job = claim_job(runtime)
     assert job is not None and job.attempts == 2
-    assert fail_job(runtime, job, "peer busy again", retryable=True) == "dead_lettered"
+    assert fail_job(runtime, job, RetryableError("peer busy again")) == "dead_lettered"
     assert job_row(runtime, job_id).state == "dead_lettered"
 
 
@@ -222,7 +198,7 @@ def test_a_permanent_failure_fails_at_once_and_retry_requeues(
     [job_id] = receive(runtime, small_copies(1))
     job = claim_job(runtime)
     assert job is not None
-    assert fail_job(runtime, job, "corrupt pixel data", retryable=False) == "failed"
+    assert fail_job(runtime, job, PermanentError("corrupt pixel data")) == "failed"
     assert job_row(runtime, job_id).state == "failed"
 
     assert "re-queued for processing" in retry(runtime, job_id)
@@ -384,8 +360,60 @@ def test_the_exception_class_decides_the_outcome(
     for _ in job_ids:
         assert process_one(runtime)
     states = [job_row(runtime, i).state for i in job_ids]
-    assert states == ["queued", "failed", "failed"]
+    # An unknown exception is retried (up to the cap), like a RetryableError.
+    assert states == ["queued", "failed", "queued"]
     assert "unexpected error: ZeroDivisionError" in (job_row(runtime, job_ids[2]).error or "")
+
+
+def test_an_unknown_exception_is_dead_lettered_once_the_attempts_are_used_up(
+    make_runtime: RuntimeFactory,
+    small_copies: Callable[..., list[SampleFile]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runtime = make_runtime(max_attempts=2, retry_base_delay=0.01, retry_max_delay=0.01)
+    [job_id] = receive(runtime, small_copies(1))
+
+    def buggy(_runtime: Runtime, _job: Any) -> ProcessResult:
+        raise KeyError("bug")
+
+    monkeypatch.setitem(PROCESSORS, "forward", buggy)
+    with caplog.at_level("ERROR", logger="dicom_node.worker"):
+        assert process_one(runtime)
+    assert job_row(runtime, job_id).state == JobState.QUEUED
+    assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)  # traceback
+    time.sleep(0.05)
+    assert process_one(runtime)
+    row = job_row(runtime, job_id)
+    assert (row.state, row.attempts) == (JobState.DEAD_LETTERED, 2)
+    assert row.error == "unexpected error: KeyError: 'bug'"
+
+
+def test_a_failure_recorded_after_losing_the_job_changes_nothing(
+    make_runtime: RuntimeFactory, small_copies: Callable[..., list[SampleFile]]
+) -> None:
+    """The retry branch of fail_job checks that it still owns the job."""
+    old, new = make_runtime(lease_seconds=1.0), make_runtime(lease_seconds=1.0)
+    [job_id] = receive(old, small_copies(1))
+    stale = claim_job(old)
+    assert stale is not None
+    with old.session() as session, session.begin():  # the old owner's lease ran out
+        session.execute(update(Job).values(lease_until=utcnow() - dt.timedelta(seconds=5)))
+    assert recover_stale(new) == 1
+    fresh = claim_job(new)
+    assert fresh is not None and fresh.id == job_id
+    before = job_row(new, job_id)
+    assert fail_job(old, stale, RetryableError("peer busy")) is None  # retry branch
+    assert fail_job(old, stale, PermanentError("corrupt")) is None  # fail-now branch
+    assert not release_job(old, stale)
+    after = job_row(new, job_id)
+    assert (after.state, after.owner, after.error, after.next_run_at) == (
+        JobState.RUNNING,
+        new.worker_id,
+        before.error,
+        before.next_run_at,
+    )
+    assert complete_processing(new, fresh, [])
 
 
 def test_a_claim_whose_outcome_could_not_be_recorded_does_not_stay_stuck(

@@ -108,7 +108,8 @@ CRASHING_WORKER = textwrap.dedent(
     from dicom_node.config import load_config
     from dicom_node.dataset_info import inspect_file
     from dicom_node.ingest import ingest
-    from dicom_node.jobs import claim_job, heartbeat
+    from dicom_node.jobs import claim_job
+    from dicom_node.liveness import heartbeat
     from dicom_node.runtime import Runtime
 
     runtime = Runtime.create(load_config(Path(sys.argv[1])))
