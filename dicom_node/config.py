@@ -242,12 +242,18 @@ class ModelSettings:
         return "bundled" if self.path is None else self.path_source
 
 
+LABEL_MODES = ("burned_in", "overlay", "none")
+"""Values of ``[output] label`` (:class:`dicom_node.label.LabelMode`)."""
+
+
 @dataclass(frozen=True)
 class OutputSettings:
     """How derived series are labelled."""
 
     series_number_offset: int = 1000
     series_description: str = "{source} ENHANCED (AI)"
+    label: str = "burned_in"
+    """The visible AI label: ``burned_in``, ``overlay`` (an overlay plane) or ``none``."""
 
 
 @dataclass(frozen=True)
@@ -601,6 +607,7 @@ def _parse_output(raw: Mapping[str, Any]) -> OutputSettings:
         {
             "series_number_offset": lambda v, k: _int(v, k, 1, 2**31 - 1),
             "series_description": description,
+            "label": lambda v, k: _choice(v, k, LABEL_MODES),
         },
         OutputSettings,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import warnings
 from typing import Any, cast
 
@@ -23,10 +24,18 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DS
 
 from dicom_node.config import OutputSettings
+from dicom_node.errors import PermanentError
+from dicom_node.label import Label, LabelMode, burn_in, label_lines, overlay_attributes, place
 from dicom_node.model_meta import ModelMetadata
 from dicom_node.pixels import NormalizedImage, quantize
 from dicom_node.provenance import MANUFACTURER, build_provenance
 from dicom_node.strength import DEFAULT_STRENGTH
+
+SPACING_FROM_IMAGER = (
+    "Pixel Spacing is the source's Imager Pixel Spacing: at the detector, "
+    "not corrected for geometric magnification."
+)
+"""Added to Image Comments when the derived Pixel Spacing comes from Imager Pixel Spacing."""
 
 OUTPUT_BITS = 16
 OUTPUT_MAX = 2**OUTPUT_BITS - 1
@@ -47,10 +56,11 @@ def _positive_pair(value: object) -> tuple[float, float] | None:
 def source_pixel_spacing(source: Dataset) -> tuple[tuple[float, float], str] | None:
     """The source's pixel spacing, if valid, and the attribute it came from.
 
-    Pixel Spacing is preferred and goes to the derived Pixel Spacing; a CR/DX
-    image often has only Imager Pixel Spacing (at the detector), which goes to
-    the SC image's Nominal Scanned Pixel Spacing. Zero or malformed values (RG1
-    has ``0\\0``) are not carried over.
+    Pixel Spacing is preferred; a CR/DX image often has only Imager Pixel
+    Spacing (at the detector). Either becomes the derived Pixel Spacing, so
+    that a viewer measures the same millimetres on both images (see
+    :func:`build_derived` for how the second case is labelled). Zero or
+    malformed values (RG1 has ``0\\0``) are not carried over.
     """
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if keyword in source:
@@ -140,6 +150,97 @@ def display_window(
     return (lo + hi) / 2 * OUTPUT_MAX, (hi - lo) * OUTPUT_MAX, "PERCENTILES 0.5-99.5"
 
 
+def _place_label(pixels: np.ndarray, lines: tuple[str, ...]) -> Label:
+    try:
+        return place(pixels, lines)
+    except ValueError as exc:
+        # An unlabelled AI image must never reach a reader: fail the job instead.
+        raise PermanentError(f"{exc} The derived image is not written without it.") from exc
+
+
+def burned_in_annotation(source: Dataset, *, label_burned_in: bool) -> str:
+    """BurnedInAnnotation of the derived image: true, whatever the source claims.
+
+    ``YES`` when the node burned its label in, or when the source says
+    ``YES`` or does not say (text burned into a source, a laterality marker or
+    a name, is in the derived pixels too, so an unknown source must not be
+    declared clean); ``NO`` only when the source says ``NO`` and no label was
+    burned in.
+    """
+    if label_burned_in:
+        return "YES"
+    return "NO" if _text(source, "BurnedInAnnotation").upper() == "NO" else "YES"
+
+
+_OFFSET = re.compile(r"^([+-])(\d{2})(\d{2})$")
+
+
+def _source_offset(source: Dataset) -> dt.timezone | None:
+    match = _OFFSET.match(_text(source, "TimezoneOffsetFromUTC"))
+    if match is None:
+        return None
+    sign, hours, minutes = match.groups()
+    delta = dt.timedelta(hours=int(hours), minutes=int(minutes))
+    if delta > dt.timedelta(hours=14) or int(minutes) >= 60:
+        return None
+    return dt.timezone(-delta if sign == "-" else delta)
+
+
+def _set_processing_times(derived: Dataset, source: Dataset, now: dt.datetime | None) -> None:
+    """Series, content, instance-creation and capture date/time: when the node made the image.
+
+    In the source's time zone when it states one (Timezone Offset From UTC is
+    then copied, so the study's and the node's times read alike), else in the
+    node host's local time, as the source's own dates are.
+    """
+    moment = now if now is not None else dt.datetime.now(dt.UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    offset = _source_offset(source)
+    local = moment.astimezone(offset) if offset is not None else moment.astimezone()
+    if offset is not None:
+        derived.TimezoneOffsetFromUTC = _text(source, "TimezoneOffsetFromUTC")
+    date, time = local.strftime("%Y%m%d"), local.strftime("%H%M%S.%f")
+    for prefix in ("Series", "Content", "InstanceCreation"):
+        setattr(derived, f"{prefix}Date", date)
+        setattr(derived, f"{prefix}Time", time)
+    derived.DateOfSecondaryCapture = date
+    derived.TimeOfSecondaryCapture = time
+
+
+def _copy_spacing_calibration(
+    source: Dataset, derived: Dataset, spacing: tuple[tuple[float, float], str] | None
+) -> None:
+    """Say where the derived Pixel Spacing came from, truthfully.
+
+    From the source's Pixel Spacing: its calibration type and description
+    are copied when valid. From Imager Pixel Spacing (the distance at the
+    detector, not corrected for magnification): no calibration type, whose
+    two enumerated values (GEOMETRY, FIDUCIAL) would both claim a correction
+    that was not made, and so no calibration description either (DICOM
+    allows it only with a type); instead the SC's Nominal Scanned Pixel
+    Spacing carries the same values, Image Comments say where they came
+    from, and an Estimated Radiographic Magnification Factor of the source is
+    kept (a standard attribute outside the SC IOD: dciodvfy notes the object
+    as Standard Extended).
+    """
+    if spacing is None:
+        return
+    if spacing[1] == "PixelSpacing":
+        kind = _text(source, "PixelSpacingCalibrationType").upper()
+        if kind in ("GEOMETRY", "FIDUCIAL"):
+            derived.PixelSpacingCalibrationType = kind
+            description = _text(source, "PixelSpacingCalibrationDescription")
+            if description:
+                derived.PixelSpacingCalibrationDescription = description[:64]
+        return
+    derived.NominalScannedPixelSpacing = [DS(v, auto_format=True) for v in spacing[0]]
+    derived.ImageComments = f"{derived.ImageComments} {SPACING_FROM_IMAGER}"
+    factor = _first_number(source.get("EstimatedRadiographicMagnificationFactor"))
+    if math.isfinite(factor) and factor > 0:
+        derived.EstimatedRadiographicMagnificationFactor = DS(factor, auto_format=True)
+
+
 def build_derived(
     source: Dataset,
     image: NormalizedImage,
@@ -197,6 +298,15 @@ def build_derived(
     if laterality not in (None, "R", "L"):
         laterality = None
     pixels = quantize(enhanced, OUTPUT_BITS)
+    center, width, explanation = display_window(source, image, enhanced)
+    mode = LabelMode(settings.label)
+    lines = label_lines(model.name, model.version)
+    label = _place_label(pixels, lines) if mode is not LabelMode.NONE else None
+    burned = label is not None and mode is LabelMode.BURNED_IN
+    if label is not None and burned:
+        bright = round(min(center + width / 2, OUTPUT_MAX))
+        dark = round(max(center - width / 2, 0))
+        pixels = burn_in(pixels, label, bright=bright, dark=dark)
     with warnings.catch_warnings():
         # highdicom warns about unusual person names copied from the source; they
         # are the source's values and are kept as they are.
@@ -213,9 +323,7 @@ def build_derived(
             instance_number=_instance_number(source),
             manufacturer=MANUFACTURER,
             # highdicom annotates pixel_spacing as integers; it takes floats.
-            pixel_spacing=cast(
-                Any, spacing[0] if spacing and spacing[1] == "PixelSpacing" else None
-            ),
+            pixel_spacing=cast(Any, spacing[0] if spacing else None),
             laterality=laterality,
             # Validated and set below: highdicom accepts only single-letter directions.
             patient_orientation=("L", "F"),
@@ -225,14 +333,14 @@ def build_derived(
 
     # Type 2: the source's value, or present and empty rather than invented.
     _set(derived, "PatientOrientation", list(orientation) if orientation else None)
-    if spacing is not None and spacing[1] == "ImagerPixelSpacing":
-        # Spacing at the detector, not calibrated to the patient: the SC image's
-        # Nominal Scanned Pixel Spacing is the attribute with that meaning.
-        derived.NominalScannedPixelSpacing = [DS(v, auto_format=True) for v in spacing[0]]
     provenance.apply(derived)
+    _copy_spacing_calibration(source, derived, spacing)
     derived.ConversionType = "WSD"
     derived.SeriesDescription = series_description(source, settings)
-    derived.BurnedInAnnotation = "NO"
+    _set_processing_times(derived, source, now)
+    derived.BurnedInAnnotation = burned_in_annotation(source, label_burned_in=burned)
+    if label is not None and mode is LabelMode.OVERLAY:
+        overlay_attributes(derived, label, (rows, cols), " ".join(lines))
     derived.LossyImageCompression = "01" if _text(source, "LossyImageCompression") == "01" else "00"
     for keyword in ("Modality", "BodyPartExamined", "StudyDescription", "StudyID"):
         value = _text(source, keyword)
@@ -242,7 +350,6 @@ def build_derived(
         # Type 2C: without a body part the condition (paired structure) cannot be
         # ruled out, so the attribute is present and empty (unknown).
         _set(derived, "Laterality", None)
-    center, width, explanation = display_window(source, image, enhanced)
     derived.WindowCenter = DS(round(center, 1), auto_format=True)
     derived.WindowWidth = DS(round(max(width, 1.0), 1), auto_format=True)
     derived.WindowCenterWidthExplanation = explanation

@@ -49,6 +49,13 @@ PROCESSING_EQUIPMENT_CODE = PROCESSING_EQUIPMENT.value
 SOURCE_IMAGE_PURPOSE = Code("121322", "DCM", "Source image for image processing operation")
 """Purpose of reference of the derived object's Source Image Sequence item."""
 
+DERIVATION_CODES = (
+    Code("113087", "DCM", "Smoothing"),
+    Code("113086", "DCM", "Edge enhancement"),
+)
+"""DerivationCodeSequence items, from CID 7203 (Image Derivation): the generator removes
+noise (113087, Smoothing) and restores sharpness (113086, Edge enhancement)."""
+
 IMAGE_TYPE = ("DERIVED", "SECONDARY")
 
 _UID_NAMESPACE = "dicom-node-cxr"
@@ -171,6 +178,7 @@ class Provenance:
         """
         derived.ImageType = list(IMAGE_TYPE)
         derived.DerivationDescription = self.derivation_description
+        derived.DerivationCodeSequence = [_code_item(code) for code in DERIVATION_CODES]
         derived.ImageComments = self.image_comment
         derived.ManufacturerModelName = self.manufacturer_model_name
         derived.SoftwareVersions = list(self.software_versions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import subprocess
 from dataclasses import replace
@@ -109,7 +110,8 @@ def test_labelled_as_ai_derived(rg1_derived: Dataset) -> None:
         "AI enhancement (pix2pix generator) by model cxr-pix2pix version 2.1.0, "
         f"ONNX SHA-256 {'ab' * 8}, strength 1.00"
     )
-    assert d.BurnedInAnnotation == "NO"
+    # RG1 does not say whether it carries burned-in text, and the label is burned in.
+    assert d.BurnedInAnnotation == "YES"
     # RG1 went through lossy JPEG 2000 once: the derived image must say so too.
     assert d.LossyImageCompression == "01"
 
@@ -238,12 +240,34 @@ def test_series_number_and_description_settings() -> None:
     assert long.SeriesDescription.endswith(" ENHANCED (AI)")
 
 
-def test_valid_spacing_is_carried_into_the_attribute_the_sc_iod_allows() -> None:
-    dx = derive(xray(sop_class_uid=DX_PRESENTATION, modality="DX", bits=14))
+def test_a_viewer_measures_the_same_millimetres_on_the_derived_image(tmp_path: Path) -> None:
+    # Only Imager Pixel Spacing (a DX): the derived Pixel Spacing has its values,
+    # and the object says where they came from.
+    source = xray(sop_class_uid=DX_PRESENTATION, modality="DX", bits=14)
+    source.EstimatedRadiographicMagnificationFactor = "1.1"
+    dx = write_read(derive(source), tmp_path / "dx.dcm")
+    assert [float(v) for v in dx.PixelSpacing] == [float(v) for v in source.ImagerPixelSpacing]
     assert [float(v) for v in dx.NominalScannedPixelSpacing] == [0.148, 0.148]
-    assert "PixelSpacing" not in dx
-    valid = derive(xray(PixelSpacing=[0.2, 0.21]))
+    assert "Imager Pixel Spacing" in dx.ImageComments
+    assert "PixelSpacingCalibrationType" not in dx  # GEOMETRY/FIDUCIAL would both be untrue
+    assert float(dx.EstimatedRadiographicMagnificationFactor) == 1.1
+    assert dciodvfy_errors(tmp_path / "dx.dcm") == []
+    # Read back the way viewers do: highdicom's pixel measures.
+    import highdicom as hd
+
+    image = hd.Image.from_dataset(dx)
+    assert image.PixelSpacing == dx.PixelSpacing
+    # Pixel Spacing in the source: copied, with a valid calibration.
+    valid = derive(
+        xray(
+            PixelSpacing=[0.2, 0.21],
+            PixelSpacingCalibrationType="GEOMETRY",
+            PixelSpacingCalibrationDescription="SID 180 cm",
+        )
+    )
     assert [float(v) for v in valid.PixelSpacing] == [0.2, 0.21]
+    assert valid.PixelSpacingCalibrationType == "GEOMETRY"
+    assert valid.PixelSpacingCalibrationDescription == "SID 180 cm"
     assert "NominalScannedPixelSpacing" not in valid
 
 
@@ -279,12 +303,96 @@ def test_dciodvfy_reports_no_errors(label: str, rg1: Dataset, tmp_path: Path) ->
         "cr-8bit-no-orientation": lambda: xray(
             bits=8, PatientOrientation=None, SeriesDescription=None
         ),
-        "cr-odd-size": lambda: xray(rows=3, cols=5, bits=10),
+        "cr-odd-size": lambda: xray(rows=131, cols=157, bits=10),
         "no-body-part": lambda: xray(body_part=None, Laterality=None),
         "mono1-12bit-window": lambda: xray(
             bits=12, photometric="MONOCHROME1", WindowCenter=2000, WindowWidth=3000
         ),
     }
-    path = tmp_path / f"{label}.dcm"
-    derive(sources[label]()).save_as(path, enforce_file_format=True)
-    assert dciodvfy_errors(path) == []
+    for mode in ("burned_in", "overlay", "none"):
+        path = tmp_path / f"{label}-{mode}.dcm"
+        derive(sources[label](), label=mode).save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], mode
+
+
+@pytest.mark.parametrize(
+    ("source_flag", "mode", "expected"),
+    [
+        ("NO", "burned_in", "YES"),
+        ("NO", "overlay", "NO"),
+        ("NO", "none", "NO"),
+        ("YES", "overlay", "YES"),
+        ("YES", "none", "YES"),
+        (None, "none", "YES"),  # unknown: the source may carry burned-in text
+    ],
+)
+def test_burned_in_annotation_is_true(source_flag: str | None, mode: str, expected: str) -> None:
+    source = xray(rows=400, cols=400)
+    if source_flag is not None:
+        source.BurnedInAnnotation = source_flag
+    assert derive(source, label=mode).BurnedInAnnotation == expected
+
+
+def test_series_content_and_creation_times_are_the_processing_time(rg1: Dataset) -> None:
+    import datetime as dt
+
+    now = dt.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=dt.UTC)
+    source = copy.deepcopy(rg1)
+    image = normalize_dataset(source)
+    d = build_derived(source, image, image.pixels, MODEL, OutputSettings(), now)
+    # RG1 states Timezone Offset From UTC -0400: the node's times are in it too.
+    assert rg1.TimezoneOffsetFromUTC == "-0400" and d.TimezoneOffsetFromUTC == "-0400"
+    for prefix in ("Series", "Content", "InstanceCreation"):
+        assert (d.get(f"{prefix}Date"), d.get(f"{prefix}Time")) == ("20260304", "010607.890000")
+    assert (d.DateOfSecondaryCapture, d.TimeOfSecondaryCapture) == ("20260304", "010607.890000")
+    # The study's own date and time are unchanged.
+    assert (str(d.StudyDate), str(d.StudyTime)) == (rg1.StudyDate, rg1.StudyTime)
+    del source.TimezoneOffsetFromUTC
+    local = build_derived(source, image, image.pixels, MODEL, OutputSettings(), now)
+    assert "TimezoneOffsetFromUTC" not in local
+    assert local.SeriesDate == now.astimezone().strftime("%Y%m%d")
+
+
+def test_derivation_codes_come_from_cid_7203(rg1_derived: Dataset) -> None:
+    codes = [(i.CodeValue, i.CodingSchemeDesignator) for i in rg1_derived.DerivationCodeSequence]
+    assert codes == [("113087", "DCM"), ("113086", "DCM")]
+
+
+def _render(path: Path, tmp_path: Path) -> np.ndarray:
+    """The image as DCMTK's dcm2pnm shows it at the object's own window (overlays on)."""
+    png = tmp_path / f"{path.stem}.png"
+    subprocess.run(
+        ["dcm2pnm", "+Wi", "1", "+O", "0", "+on", str(path), str(png)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    from PIL import Image
+
+    return np.asarray(Image.open(png))
+
+
+@pytest.mark.parametrize("mode", ["burned_in", "overlay"])
+def test_the_label_is_visible_where_a_viewer_renders_it(
+    mode: str, rg1: Dataset, tmp_path: Path
+) -> None:
+    from dicom_node.label import label_lines, place
+
+    plain = write_read(derive(rg1, label="none"), tmp_path / "none.dcm")
+    labelled = write_read(derive(rg1, label=mode), tmp_path / f"{mode}.dcm")
+    label = place(plain.pixel_array, label_lines(MODEL.name, MODEL.version))
+    before, after = (
+        _render(tmp_path / "none.dcm", tmp_path),
+        _render(tmp_path / f"{mode}.dcm", tmp_path),
+    )
+    glyphs = label.full_mask(before.shape, with_outline=False)
+    # Every glyph pixel renders white at the derived window; nothing outside the label changes.
+    assert after[glyphs].min() >= 250
+    assert np.array_equal(
+        after[~label.full_mask(before.shape)], before[~label.full_mask(before.shape)]
+    )
+    assert (after[glyphs] != before[glyphs]).mean() > 0.5
+    if mode == "overlay":  # the pixels themselves are untouched
+        np.testing.assert_array_equal(labelled.pixel_array, plain.pixel_array)
+    else:
+        assert labelled.BurnedInAnnotation == "YES"
