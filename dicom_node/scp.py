@@ -35,6 +35,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.dataset_info import NonConformantError, UndecodableError, inspect_encoded
 from dicom_node.errors import StorageError
 from dicom_node.ingest import ingest
@@ -51,6 +52,18 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_PROCESSING_FAILURE = 0xC211
+
+STORE_STATUSES: dict[int, str] = {
+    STATUS_SUCCESS: "Success: the instance is on disk and recorded (never answered before).",
+    STATUS_OUT_OF_RESOURCES: "Refused, out of resources: the spool or the database cannot "
+    "persist it (disk full, database down); the sender should retry later.",
+    STATUS_DATASET_MISMATCH: "Error, data set does not match SOP class: identifying attributes "
+    "are missing, invalid or disagree with the request.",
+    STATUS_CANNOT_UNDERSTAND: "Error, cannot understand: the data set cannot be decoded.",
+    STATUS_PROCESSING_FAILURE: "Failure, processing failure: anything unexpected; the node "
+    "keeps serving.",
+}
+"""Every C-STORE status the SCP answers, and when (the conformance statement lists them)."""
 
 ACCEPTED_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
@@ -91,6 +104,8 @@ class StorageSCP:
         self.runtime = runtime
         settings = runtime.config.node
         ae = AE(ae_title=settings.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.require_called_aet = True
         ae.require_calling_aet = list(settings.allowed_calling_aets)
         ae.maximum_associations = settings.max_associations

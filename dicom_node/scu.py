@@ -21,6 +21,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.config import Destination
 from dicom_node.scp import set_nodelay
 
@@ -68,6 +69,8 @@ class EchoResult:
 
 def _make_ae(calling_aet: str, timeout: float) -> AE:
     ae = AE(ae_title=calling_aet)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
