@@ -1,4 +1,4 @@
-"""Pair sources, duplicate handling and the patient-level split."""
+"""Pair sources, pair checks, duplicate handling and the patient-level split."""
 
 from __future__ import annotations
 
@@ -12,19 +12,18 @@ from scipy import ndimage
 
 from dicom_node.pixels import NormalizedImage
 from training.data import load_images, record_paths
-from training.pairs import (
-    PairRecord,
-    PairSourceError,
-    Split,
+from training.dedup import resolve_duplicates
+from training.errors import PairSourceError
+from training.pair_checks import check_pair
+from training.records import PairRecord
+from training.sources import (
     archive_records,
-    check_pair,
     folder_records,
-    group_key,
     manifest_records,
+    patient_key,
     read_groups,
-    resolve_duplicates,
-    split_records,
 )
+from training.split import Split, split_records
 
 
 def _texture(rows: int, cols: int, seed: int) -> np.ndarray:
@@ -57,12 +56,12 @@ def test_manifest_reads_pairs_patients_and_splits(tmp_path: Path) -> None:
     records = manifest_records(tmp_path / "manifest.csv")
     assert records[0].low == str(tmp_path / "a_low.png")
     assert records[2].high == "/abs/c_high.png"
-    assert records[0].group == records[1].group == group_key("P1")
+    assert records[0].group == records[1].group == patient_key("P1", "")
     assert records[2].group != records[0].group
     assert records[0].split == "test" and records[1].split is None
     # Patient P1 is fixed to test, so its other pair follows.
     split = split_records(records, seed=0)
-    assert {r.split for r in split.records if r.group == group_key("P1")} == {"test"}
+    assert {r.split for r in split.records if r.group == patient_key("P1", "")} == {"test"}
 
 
 @pytest.mark.parametrize(
@@ -107,8 +106,8 @@ def test_folder_groups_from_csv_then_dicom_patient_then_file(tmp_path: Path) -> 
     records = folder_records([tmp_path], groups)
     by_name = {r.name: r for r in records}
     assert set(by_name) == {"one.png", "two.png", "three.png", "four.dcm"}
-    assert by_name["one.png"].group == by_name["two.png"].group == group_key("G1")
-    assert by_name["four.dcm"].group == group_key("patient:PAT9")
+    assert by_name["one.png"].group == by_name["two.png"].group == patient_key("G1", "")
+    assert by_name["four.dcm"].group == patient_key("PAT9", "")
     assert by_name["three.png"].group not in (by_name["one.png"].group, by_name["four.dcm"].group)
     assert all(r.low is None for r in records)
     assert "five.png" in {r.name for r in folder_records([tmp_path], recursive=True)}
@@ -134,7 +133,7 @@ def test_duplicates_are_used_once_and_rescaled_copies_share_a_group(tmp_path: Pa
 
 def test_split_keeps_patients_together_is_seeded_and_round_trips(tmp_path: Path) -> None:
     records = [
-        PairRecord(f"/data/{p}_{k}.png", None, group_key(f"P{p}"))
+        PairRecord(f"/data/{p}_{k}.png", None, patient_key(f"P{p}", ""))
         for p in range(40)
         for k in range(1 + p % 3)
     ]
@@ -193,18 +192,18 @@ def test_archive_source_reads_cr_dx_chest_images_from_the_node_database(tmp_path
     engine.dispose()
     records = archive_records(config_path)
     assert [Path(r.high).name for r in records] == ["chest.dcm"]
-    assert records[0].group == group_key("patient:PAT1")
+    assert records[0].group == patient_key("PAT1", "")
 
 
 def test_a_group_keeps_its_fixed_split_even_when_its_first_record_has_none() -> None:
     # Regression: the split of a group was read from its first record only, so a
     # patient whose first record carried no split (and a later one did) ended up
     # in none of train, val and test.
-    group = group_key("patient-with-two-sources")
+    group = patient_key("patient-with-two-sources", "")
     records = [
         PairRecord("/data/a_first.png", None, group, None),
         PairRecord("/data/a_second.png", "/data/a_low.png", group, "test"),
-        *[PairRecord(f"/data/p{i}.png", None, group_key(f"P{i}")) for i in range(10)],
+        *[PairRecord(f"/data/p{i}.png", None, patient_key(f"P{i}", "")) for i in range(10)],
     ]
     split = split_records(records, (0.7, 0.15, 0.15), seed=0)
     assert len(split.records) == len(records)
