@@ -1,4 +1,4 @@
-"""Pair sources: one patient key for every source, and the node's chest filter."""
+"""Pair sources (manifest, folders, archive), one patient key for all of them, the chest filter."""
 
 from __future__ import annotations
 
@@ -6,12 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_factory import save, xray
+from dicom_factory import CR, CT, save, xray
 from PIL import Image
 from scipy import ndimage
 
 from dicom_node.config import CHEST_BODY_PARTS, DEFAULT_RULES
-from training.sources import folder_records, is_chest, manifest_records, patient_key, read_groups
+from training.errors import PairSourceError
+from training.sources import (
+    archive_records,
+    folder_records,
+    is_chest,
+    manifest_records,
+    patient_key,
+    read_groups,
+)
 from training.split import split_records
 
 
@@ -75,3 +83,103 @@ def test_chest_filter_is_the_node_rule(
 def test_unreadable_file_is_not_a_chest(tmp_path: Path) -> None:
     (tmp_path / "junk.dcm").write_bytes(b"not dicom")
     assert not is_chest(tmp_path / "junk.dcm")
+
+
+def test_manifest_reads_pairs_patients_and_splits(tmp_path: Path) -> None:
+    (tmp_path / "a_low.png").touch()
+    (tmp_path / "manifest.csv").write_text(
+        "low,high,split,patient_id\n"
+        "a_low.png,a_high.png,test,P1\n"
+        "b_low.png,b_high.png,,P1\n"
+        "c_low.png,/abs/c_high.png,,\n",
+        encoding="utf-8",
+    )
+    records = manifest_records(tmp_path / "manifest.csv")
+    assert records[0].low == str(tmp_path / "a_low.png")
+    assert records[2].high == "/abs/c_high.png"
+    assert records[0].group == records[1].group == patient_key("P1", "")
+    assert records[2].group != records[0].group
+    assert records[0].split == "test" and records[1].split is None
+    # Patient P1 is fixed to test, so its other pair follows.
+    split = split_records(records, seed=0)
+    assert {r.split for r in split.records if r.group == patient_key("P1", "")} == {"test"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("high\nx.png\n", "lacks the column"),
+        ("low,high\n,x.png\n", "both low and high"),
+        ("low,high,split\na,b,holdout\n", "not one of"),
+        ("low,high,split,patient_id\na,b,train,P\nc,d,test,P\n", "both the train and the test"),
+    ],
+)
+def test_bad_manifests_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PairSourceError, match=message):
+        manifest_records(path)
+
+
+def test_folder_groups_from_csv_then_dicom_patient_then_file(tmp_path: Path) -> None:
+    _png(tmp_path / "one.png", 1)
+    _png(tmp_path / "two.png", 2)
+    _png(tmp_path / "three.png", 3)
+    save(xray(rows=64, cols=64, PatientID="PAT9"), tmp_path / "four.dcm")
+    (tmp_path / "notes.txt").write_text("not an image", encoding="utf-8")
+    sub = tmp_path / "nested"
+    sub.mkdir()
+    _png(sub / "five.png", 5)
+    (tmp_path / "groups.csv").write_text("file,group\none.png,G1\ntwo.png,G1\n", encoding="utf-8")
+    groups = read_groups(tmp_path / "groups.csv")
+    records = folder_records([tmp_path], groups)
+    by_name = {r.name: r for r in records}
+    assert set(by_name) == {"one.png", "two.png", "three.png", "four.dcm"}
+    assert by_name["one.png"].group == by_name["two.png"].group == patient_key("G1", "")
+    assert by_name["four.dcm"].group == patient_key("PAT9", "")
+    assert by_name["three.png"].group not in (by_name["one.png"].group, by_name["four.dcm"].group)
+    assert all(r.low is None for r in records)
+    assert "five.png" in {r.name for r in folder_records([tmp_path], recursive=True)}
+    with pytest.raises(PairSourceError, match="neither a folder nor a file"):
+        folder_records([tmp_path / "missing"])
+
+
+def test_archive_source_reads_cr_dx_chest_images_from_the_node_database(tmp_path: Path) -> None:
+    from sqlalchemy.orm import Session
+
+    from dicom_node.config import load_config
+    from dicom_node.db import Instance, Series, Study, make_engine
+
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(f'[storage]\ndata_dir = "{tmp_path / "var"}"\n', encoding="utf-8")
+    config = load_config(config_path, environ={})
+    spool = config.storage.spool_dir / "received"
+    spool.mkdir(parents=True)
+    files = {
+        "chest": save(xray(rows=64, cols=64, body_part="CHEST"), spool / "chest.dcm"),
+        "hand": save(xray(rows=64, cols=64, body_part="HAND"), spool / "hand.dcm"),
+    }
+    engine = make_engine(config.storage)
+    with Session(engine) as session:
+        study = Study(study_instance_uid="1.2.3", patient_id="PAT1")
+        series = Series(series_instance_uid="1.2.3.4", study=study, modality="CR")
+        for index, (name, sop_class) in enumerate(
+            [("chest", CR), ("hand", CR), ("chest", CT), ("gone", CR)]
+        ):
+            path = files.get(name, spool / "gone.dcm")
+            session.add(
+                Instance(
+                    sop_instance_uid=f"1.2.3.4.{index}",
+                    sop_class_uid=sop_class,
+                    series=series,
+                    transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    path=str(path),
+                    size_bytes=1,
+                    calling_aet="TEST",
+                )
+            )
+        session.commit()
+    engine.dispose()
+    records = archive_records(config_path)
+    assert [Path(r.high).name for r in records] == ["chest.dcm"]
+    assert records[0].group == patient_key("PAT1", "")
