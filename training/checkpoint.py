@@ -19,7 +19,7 @@ import enum
 import math
 import os
 import pickle
-import tempfile
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -206,10 +206,11 @@ class Checkpoint:
         A reader (or a crash) never sees a partly written checkpoint.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-        tmp = Path(tmp_name)
+        # A unique name in the same folder (so the rename is atomic), created
+        # with the process umask like any other file the run writes.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with tmp.open("xb") as handle:
                 torch.save(self.to_dict(), handle)
                 handle.flush()
                 os.fsync(handle.fileno())
