@@ -24,6 +24,7 @@ from dicom_node.errors import ConfigError
 from dicom_node.model_store import read_active
 from dicom_node.strength import DEFAULT_STRENGTH, check_strength
 
+CHEST_BODY_PARTS: tuple[str, ...] = ("CHEST", "")
 DEFAULT_CONFIG_PATH = Path("config/node.toml")
 ENV_PREFIX = "DICOM_NODE_"
 

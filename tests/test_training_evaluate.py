@@ -42,8 +42,10 @@ from training.evaluate import (
 from training.export import export_checkpoint
 from training.metrics import psnr, ssim
 from training.networks import GeneratorConfig
-from training.pairs import folder_records, split_records
-from training.train import TrainConfig, train
+from training.sources import folder_records
+from training.split import split_records
+from training.train_config import TrainConfig
+from training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,7 @@ def test_evaluation_table_on_a_tiny_set(run: Path, tmp_path: Path) -> None:
     # The input row is exactly the metric of the degraded test image.
     split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     test_records = [r for r in split["records"] if r["split"] == "test"]
-    from training.pairs import PairRecord
+    from training.records import PairRecord
 
     records = [PairRecord(**r) for r in test_records][:1]
     images = load_images(r.high for r in records)
@@ -234,7 +236,8 @@ def test_cli_evaluate_and_its_errors(
 
 def test_real_pairs_form_their_own_group(run: Path, tmp_path: Path) -> None:
     from training.evaluate import REAL_PAIRS
-    from training.pairs import PairRecord, Split
+    from training.records import PairRecord
+    from training.split import Split
 
     records = []
     for index, split in enumerate(("val", "test", "test")):

@@ -15,21 +15,18 @@ from scipy import ndimage
 
 from dicom_node.model_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata, file_sha256
 from dicom_node.pixels import CONVENTION
+from training.checkpoint import load_generator
 from training.cli import main
 from training.degrade import Degradation
-from training.export import (
-    FP32_TOLERANCE,
-    ExportError,
-    ExportSettings,
-    check_parity,
-    export_checkpoint,
-    parity_inputs,
-    read_metadata,
-    to_onnx_model,
-)
+from training.errors import ExportError
+from training.export import ExportSettings, export_checkpoint, to_onnx_model
+from training.export_metadata import read_metadata
 from training.networks import GeneratorConfig, ResidualEnhancer, init_generator
-from training.pairs import folder_records, split_records
-from training.train import TrainConfig, load_generator, train
+from training.parity import FP32_TOLERANCE, check_parity, parity_inputs
+from training.sources import folder_records
+from training.split import split_records
+from training.train_config import TrainConfig
+from training.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from dicom_node.model_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata, file_s
 from dicom_node.pixels import CONVENTION
 from training.degrade import Degradation
 from training.evaluate import INPUT, NLM, PIX2PIX
-from training.export import read_metadata
+from training.export_metadata import read_metadata
 
 BUNDLE = Path(dicom_node.__file__).resolve().parent / "bundled_model"
 MODEL = BUNDLE / "cxr_pix2pix.onnx"

@@ -12,20 +12,17 @@ import torch
 from PIL import Image, PngImagePlugin
 from scipy import ndimage
 
+from training.checkpoint import load_generator
 from training.cli import main
 from training.data import CropDataset, load_images, record_paths
 from training.degrade import Degradation, DegradationRange
 from training.networks import GeneratorConfig, PatchDiscriminator, ResidualEnhancer, init_generator
-from training.pairs import folder_records, split_records
-from training.train import (
-    TrainConfig,
-    load_generator,
-    lr_factor,
-    selection_score,
-    spread,
-    train,
-    train_step,
-)
+from training.sources import folder_records
+from training.split import split_records
+from training.step import lr_factor, train_step
+from training.train_config import TrainConfig
+from training.trainer import train
+from training.validation import selection_score, spread
 
 
 def _write_images(folder: Path, count: int, size: tuple[int, int] = (300, 280)) -> list[Path]:
@@ -173,7 +170,7 @@ def test_tiny_run_writes_logs_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert saved["train"]["generator"]["ngf"] == 4 and saved["data"] == {"images": 7}
     assert TrainConfig.from_dict(saved["train"]) == config
     generator, meta = load_generator(run / "best.pt")
-    assert generator.config.ngf == 4 and "metrics" in meta
+    assert generator.config.ngf == 4 and meta.best_metrics == result.best_metrics
     last = torch.load(run / "last.pt", weights_only=False)
     # Second (last) epoch: half way down the linear decay, each network at its own rate.
     assert last["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4)

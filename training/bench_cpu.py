@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dicom_node.model_meta import INPUT_NAME, OUTPUT_NAME
+from training.errors import EvaluationError
 
 BUNDLED = (
     Path(__file__).resolve().parent.parent / "dicom_node" / "bundled_model" / "cxr_pix2pix.onnx"
@@ -38,7 +39,9 @@ def benchmark(model: Path, size: int, threads: int, repeats: int) -> dict[str, f
     Raises
     ------
     ValueError
-        If the arguments are out of range or the model cannot be loaded.
+        If the arguments are out of range.
+    EvaluationError
+        If the model cannot be loaded.
     """
     import onnxruntime as ort
 
@@ -54,7 +57,7 @@ def benchmark(model: Path, size: int, threads: int, repeats: int) -> dict[str, f
     try:
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ValueError(f"The model {model} cannot be loaded: {exc}") from exc
+        raise EvaluationError(f"The model {model} cannot be loaded: {exc}") from exc
     load = time.perf_counter() - started
     rng = np.random.default_rng(0)
     image = np.clip(

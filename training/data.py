@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 from dicom_node.pixels import NormalizedImage, read_any
 from training.degrade import Degradation, DegradationRange, degrade, degrade_pair
-from training.pairs import PairRecord
+from training.errors import SplitError
+from training.records import PairRecord
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,11 @@ class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         Items per epoch.
     seed : int
         Base seed.
+
+    Raises
+    ------
+    training.errors.SplitError
+        If `records` is empty.
     """
 
     def __init__(
@@ -119,7 +125,7 @@ class CropDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         seed: int,
     ) -> None:
         if not records:
-            raise ValueError("The training split is empty; add images or change the fractions.")
+            raise SplitError("The training split is empty; add images or change the fractions.")
         self.records = records
         self.images = images
         self.degradations = degradations

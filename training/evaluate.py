@@ -94,6 +94,7 @@ from training.baselines import (
 )
 from training.crops import Window, central_window, context_window
 from training.data import load_images, record_paths
+from training.errors import EvaluationError
 from training.evaluation_groups import build_groups
 from training.evaluation_report import EvaluationResult
 from training.evaluation_run import EvaluationRun
@@ -135,8 +136,8 @@ from training.evaluation_targets import (
     compare_with_l1,
 )
 from training.grids import DIFF_GAIN, save_grid
-from training.pairs import Split
 from training.restorers import Restorer, checkpoint_restorer, load_restorer, onnx_restorer
+from training.split import Split
 
 __all__ = [
     "ACCEPTANCE",
@@ -253,9 +254,11 @@ def run_evaluation(
 
     Raises
     ------
-    ValueError
+    EvaluationError
         If the split has no test (or no validation) image or a model cannot
         be loaded.
+    training.errors.SplitError
+        If the run's ``split.json`` cannot be read.
     """
     started = time.perf_counter()
     settings = settings or EvaluationSettings()
@@ -263,9 +266,11 @@ def run_evaluation(
     split = Split.load(run_dir / "split.json")
     test, val = split.subset("test"), split.subset("val")
     if not test:
-        raise ValueError(f"The split of {run_dir} has no test images.")
+        raise EvaluationError(f"The split of {run_dir} has no test images.")
     if not val:
-        raise ValueError(f"The split of {run_dir} has no validation images to tune the baselines.")
+        raise EvaluationError(
+            f"The split of {run_dir} has no validation images to tune the baselines."
+        )
     if settings.max_images:
         test = test[: settings.max_images]
     val = val[: settings.tune_images]

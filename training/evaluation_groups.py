@@ -31,7 +31,7 @@ from training.evaluation_settings import (
     setting_degradation,
     setting_kind,
 )
-from training.pairs import PairRecord
+from training.records import PairRecord
 
 logger = logging.getLogger(__name__)
 

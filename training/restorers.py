@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.errors import EvaluationError
+
 logger = logging.getLogger(__name__)
 
 Restorer = Callable[[np.ndarray], np.ndarray]
@@ -28,7 +30,7 @@ def onnx_restorer(path: Path) -> Restorer:
 
     Raises
     ------
-    ValueError
+    EvaluationError
         If the node refuses or cannot load the model.
     """
     from dicom_node.config import ModelSettings
@@ -38,7 +40,7 @@ def onnx_restorer(path: Path) -> Restorer:
     try:
         enhancer = Enhancer(ModelSettings(path=path, provider="auto", warmup=False))
     except ModelError as exc:
-        raise ValueError(str(exc)) from exc
+        raise EvaluationError(str(exc)) from exc
 
     def run(image: np.ndarray) -> np.ndarray:
         return enhancer.enhance(np.asarray(image, dtype=np.float32))[0]
@@ -56,8 +58,8 @@ def checkpoint_restorer(path: Path) -> Restorer:
     import torch
 
     from dicom_node.tiling import crop, pad_to_multiple
+    from training.checkpoint import load_generator
     from training.networks import SIZE_MULTIPLE
-    from training.train import load_generator
 
     generator, _ = load_generator(path)
 
@@ -75,11 +77,13 @@ def load_restorer(path: Path) -> Restorer:
 
     Raises
     ------
-    ValueError
-        If the file does not exist or cannot be loaded.
+    EvaluationError
+        If the file does not exist or the node cannot load it.
+    training.errors.CheckpointError
+        If a checkpoint is not valid.
     """
     if not path.is_file():
-        raise ValueError(f"The model {path} does not exist.")
+        raise EvaluationError(f"The model {path} does not exist.")
     if path.suffix.lower() == ".onnx":
         return onnx_restorer(path)
     return checkpoint_restorer(path)
