@@ -90,7 +90,13 @@ def build_metadata(
         "discriminator": None
         if l1_only
         else {"type": "conditional PatchGAN 70x70", "ndf": train_config.get("ndf")},
-        "loss": "L1" if l1_only else f"vanilla GAN + {train_config.get('lambda_l1', 100.0):g} * L1",
+        "loss": "L1"
+        if l1_only
+        else (
+            f"{train_config.get('gan_loss', 'vanilla')} GAN"
+            f"{' (spectral norm)' if train_config.get('spectral_norm') else ''}"
+            f" + {train_config.get('lambda_l1', 100.0):g} * L1"
+        ),
     }
     training = {
         key: train_config.get(key)
