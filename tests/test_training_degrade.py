@@ -228,3 +228,33 @@ def test_identity_share_of_the_training_draws() -> None:
     assert DegradationRange.from_dict(draws.as_dict()) == draws
     with pytest.raises(ValueError, match="identity_probability"):
         DegradationRange(identity_probability=1.5)
+
+
+def test_faint_structures_go_into_input_and_reference_alike() -> None:
+    from training.structures import STRUCTURE_CONTRAST, insert_faint_structures
+
+    clean = np.full((128, 128), 0.5)
+    with_structures = insert_faint_structures(clean, 4, np.random.default_rng(1))
+    change = np.abs(with_structures - clean)
+    # Faint: one structure is at most the largest contrast (overlaps add up);
+    # thin or small: a minority of the pixels.
+    for seed in range(10):
+        one = insert_faint_structures(clean, 1, np.random.default_rng(seed)) - clean
+        assert STRUCTURE_CONTRAST[0] - 1e-9 <= np.abs(one).max() <= STRUCTURE_CONTRAST[1] + 1e-9
+    assert 0.0 < np.mean(change > 0.002) < 0.25
+    # Deterministic for a given generator state.
+    again = insert_faint_structures(clean, 4, np.random.default_rng(1))
+    assert np.array_equal(with_structures, again)
+    # In a training pair both images carry them: an identity draw with structures
+    # gives input == reference != clean.
+    params = Degradation(0.0, 0.0, 0.0, structures=3)
+    noisy, reference = degrade_pair(clean, params, 7)
+    assert np.array_equal(noisy, reference)
+    assert not np.allclose(reference, clean)
+    # The range draws them with the configured probability only.
+    never = DegradationRange(structure_probability=0.0)
+    always = DegradationRange(structure_probability=1.0)
+    rng = np.random.default_rng(0)
+    assert all(never.sample(rng).structures == 0 for _ in range(20))
+    assert all(1 <= always.sample(rng).structures <= 4 for _ in range(20))
+    assert DegradationRange.from_dict(always.as_dict()) == always

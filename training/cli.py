@@ -76,6 +76,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 offset_max=args.offset_max,
                 noise_correlation=args.noise_correlation,
                 identity_probability=args.identity_prob,
+                structure_probability=args.structure_prob,
             ),
             val_degradation=Degradation(*args.val_setting),
             seed=args.seed,

@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of crops whose input is the clean image itself (0.15)",
     )
     deg.add_argument(
+        "--structure-prob",
+        type=float,
+        default=0.0,
+        help="share of crops that get 1 to 4 faint thin curves or blobs in input and reference (0)",
+    )
+    deg.add_argument(
         "--val-setting",
         type=setting,
         default=(0.002, 2e-5, 0.8),

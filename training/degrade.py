@@ -38,6 +38,8 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_node.pixels import quantize
+from training.random_fields import correlated_noise, smooth_field
+from training.structures import MAX_STRUCTURES, insert_faint_structures
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,10 @@ class Degradation:
     noise_correlation : float
         Standard deviation in pixels of the Gaussian point-spread function
         that correlates the noise (0 to 3; 0 gives white noise).
+    structures : int
+        Number of faint thin structures (:func:`training.structures.insert_faint_structures`)
+        added to the clean image before anything else, so that the input and
+        the reference both carry them (0 to 8; 0 adds none).
     """
 
     noise_a: float = 0.002
@@ -98,6 +104,7 @@ class Degradation:
     offset: float = 0.0
     bits: int | None = None
     noise_correlation: float = 0.0
+    structures: int = 0
 
     @classmethod
     def identity(cls, bits: int | None = None) -> Degradation:
@@ -125,6 +132,9 @@ class Degradation:
         _check_range("offset", self.offset, 0.0, 0.2)
         if not isinstance(self.downsample, bool):
             raise TypeError(f"downsample must be a bool; got {type(self.downsample).__name__}.")
+        if isinstance(self.structures, bool) or not isinstance(self.structures, int):
+            raise TypeError(f"structures must be an int; got {self.structures!r}.")
+        _check_range("structures", self.structures, 0, 8)
         if self.bits is not None and (
             isinstance(self.bits, bool)
             or not isinstance(self.bits, int)
@@ -174,6 +184,7 @@ class DegradationRange:
     offset_max: float = 0.05
     noise_correlation: tuple[float, float] = (0.0, 0.0)
     identity_probability: float = 0.0
+    structure_probability: float = 0.0
 
     def __post_init__(self) -> None:
         for name, lo_limit, hi_limit in (
@@ -196,6 +207,7 @@ class DegradationRange:
         _check_range("exposure_probability", self.exposure_probability, 0.0, 1.0)
         _check_range("offset_max", self.offset_max, 0.0, 0.2)
         _check_range("identity_probability", self.identity_probability, 0.0, 1.0)
+        _check_range("structure_probability", self.structure_probability, 0.0, 1.0)
 
     def sample(self, rng: np.random.Generator, bits: int | None = None) -> Degradation:
         """Draw one degradation; `bits` is the source bit depth to quantise to."""
@@ -214,11 +226,16 @@ class DegradationRange:
         exposure = bool(rng.random() < self.exposure_probability)
         gamma = float(rng.uniform(*self.gamma))
         offset = float(rng.uniform(0.0, self.offset_max))
+        structures = 0
+        if self.structure_probability > 0.0 and rng.random() < self.structure_probability:
+            structures = int(rng.integers(1, MAX_STRUCTURES + 1))
         if not exposure:
             gamma, offset = 1.0, 0.0
         if identity:
-            return Degradation(0.0, 0.0, 0.0, False, gamma, offset, bits, 0.0)
-        return Degradation(noise_a, noise_b, blur, downsample, gamma, offset, bits, correlation)
+            return Degradation(0.0, 0.0, 0.0, False, gamma, offset, bits, 0.0, structures)
+        return Degradation(
+            noise_a, noise_b, blur, downsample, gamma, offset, bits, correlation, structures
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dictionary (JSON-serialisable)."""
@@ -242,31 +259,8 @@ class DegradationRange:
             offset_max=float(data["offset_max"]),
             noise_correlation=pair("noise_correlation") if "noise_correlation" in data else (0, 0),
             identity_probability=float(data.get("identity_probability", 0.0)),
+            structure_probability=float(data.get("structure_probability", 0.0)),
         )
-
-
-def smooth_field(shape: tuple[int, int], rng: np.random.Generator, order: int = 2) -> np.ndarray:
-    """A random smooth field in [-1, 1]: a sum of low-order 2-D cosines.
-
-    Parameters
-    ----------
-    shape : tuple[int, int]
-        (rows, columns).
-    rng : numpy.random.Generator
-        Source of the coefficients.
-    order : int
-        Highest cosine order along each axis (2 gives at most one full period).
-    """
-    rows = np.linspace(0.0, math.pi, shape[0], dtype=np.float64)[:, None]
-    cols = np.linspace(0.0, math.pi, shape[1], dtype=np.float64)[None, :]
-    field = np.zeros(shape, dtype=np.float64)
-    for i in range(order + 1):
-        for j in range(order + 1):
-            if i == j == 0:
-                continue
-            field += rng.normal() / (i + j) * np.cos(i * rows) * np.cos(j * cols)
-    peak = float(np.abs(field).max())
-    return field / peak if peak > 0 else field
 
 
 def _down_up(image: np.ndarray) -> np.ndarray:
@@ -298,27 +292,6 @@ def apply_exposure(image: np.ndarray, params: Degradation, rng: np.random.Genera
     if params.offset > 0.0:
         x = x + params.offset * smooth_field(x.shape, rng)
     return np.clip(x, 0.0, 1.0)
-
-
-def correlated_noise(
-    shape: tuple[int, int], correlation: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Unit-variance Gaussian noise, correlated by a Gaussian PSF of `correlation` pixels.
-
-    White noise is filtered with the same discrete kernel that
-    :func:`scipy.ndimage.gaussian_filter` uses (truncated at 4 σ) and divided
-    by the kernel's L2 norm, so every pixel keeps variance 1.
-    """
-    white = rng.standard_normal(shape)
-    if correlation <= 0.0:
-        return white
-    radius = int(4.0 * correlation + 0.5)
-    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (offsets / correlation) ** 2)
-    kernel /= kernel.sum()
-    norm = float(np.sum(kernel**2))  # 2-D separable kernel: its squared L2 norm is norm²
-    filtered = ndimage.gaussian_filter(white, correlation, mode="wrap", truncate=4.0)
-    return filtered / norm
 
 
 def _degrade_exposed(x: np.ndarray, params: Degradation, rng: np.random.Generator) -> np.ndarray:
@@ -387,6 +360,8 @@ def degrade_pair(
     """
     x = _check_inputs(image, params)
     rng = _rng(seed)
+    if params.structures:
+        x = insert_faint_structures(x, params.structures, rng)
     exposed = apply_exposure(x, params, rng)
     reference = exposed
     if params.bits is not None:
