@@ -210,6 +210,8 @@ class ModelSettings:
     while `path` is None. :attr:`source` combines both. `strength` is the
     share of the generator's correction applied (see
     :mod:`dicom_node.strength`), unless the matching rule sets its own.
+    `adapt_to_noise` scales it by the image's measured noise when the model
+    carries a noise calibration (:mod:`dicom_node.noise`).
 
     Raises
     ------
@@ -229,6 +231,7 @@ class ModelSettings:
     warmup: bool = True
     path_source: str = "config"
     strength: float = DEFAULT_STRENGTH
+    adapt_to_noise: bool = True
 
     def __post_init__(self) -> None:
         if self.path_source not in MODEL_PATH_SOURCES:
@@ -573,6 +576,7 @@ def _parse_model(raw: Mapping[str, Any], base: Path) -> ModelSettings:
             "max_whole_pixels": lambda v, k: _int(v, k, 256 * 256),
             "warmup": _bool,
             "strength": _strength,
+            "adapt_to_noise": _bool,
         },
         ModelSettings,
     )

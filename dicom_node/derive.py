@@ -27,6 +27,7 @@ from dicom_node.config import OutputSettings
 from dicom_node.errors import PermanentError
 from dicom_node.label import Label, LabelMode, burn_in, label_lines, overlay_attributes, place
 from dicom_node.model_meta import ModelMetadata
+from dicom_node.noise import AppliedStrength
 from dicom_node.pixels import NormalizedImage, quantize
 from dicom_node.provenance import MANUFACTURER, build_provenance
 from dicom_node.strength import DEFAULT_STRENGTH
@@ -250,6 +251,7 @@ def build_derived(
     now: dt.datetime | None = None,
     *,
     strength: float = DEFAULT_STRENGTH,
+    adaptation: AppliedStrength | None = None,
 ) -> hd.sc.SCImage:
     """Build the derived Secondary Capture image of `source`.
 
@@ -272,6 +274,8 @@ def build_derived(
     strength : float, optional
         The strength `enhanced` was made with; recorded in the provenance
         and part of the UIDs (default :data:`~dicom_node.strength.DEFAULT_STRENGTH`).
+    adaptation : AppliedStrength, optional
+        How the image's noise chose `strength` (recorded in the description).
 
     Returns
     -------
@@ -291,7 +295,7 @@ def build_derived(
         raise ValueError(
             f"The enhanced image has shape {enhanced.shape}; the source has ({rows}, {cols})."
         )
-    provenance = build_provenance(source, model, strength, now)
+    provenance = build_provenance(source, model, strength, now, adaptation)
     orientation = _patient_orientation(source)
     spacing = source_pixel_spacing(source)
     laterality = _text(source, "Laterality").upper() or None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.errors import ModelError
+from dicom_node.noise import NoiseCalibration
 from dicom_node.pixels import CONVENTION
 
 INPUT_NAME = "image"
@@ -51,6 +52,8 @@ class ModelMetadata:
     sha256: str
     path: Path
     extra: dict[str, str] = field(default_factory=dict)
+    noise_calibration: NoiseCalibration | None = None
+    """How the strength follows the image's noise (:mod:`dicom_node.noise`); None: it does not."""
 
     @property
     def short_hash(self) -> str:
@@ -87,6 +90,10 @@ class ModelMetadata:
         if multiple < 1 or multiple > 4096:
             raise ModelError(f"The model {path} has an invalid size_multiple {multiple}.")
         extra = {k: v for k, v in props.items() if k not in REQUIRED_KEYS}
+        try:
+            calibration = NoiseCalibration.from_props(props)
+        except ValueError as exc:
+            raise ModelError(f"The model {path}: {exc}") from exc
         return cls(
             name=props[KEY_NAME][:64],
             version=props[KEY_VERSION][:64],
@@ -94,6 +101,7 @@ class ModelMetadata:
             sha256=sha256,
             path=path,
             extra=extra,
+            noise_calibration=calibration,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from dicom_node.config import Config
 from dicom_node.dataset_info import info_from_dataset
 from dicom_node.errors import NodeError
 from dicom_node.inference import Enhancer, get_enhancer
+from dicom_node.noise import AppliedStrength
 from dicom_node.pipeline import apply_model, enhance_instance
 from dicom_node.pixels import IMAGE_SUFFIXES, quantize, read_image_file
 from dicom_node.routing import route
@@ -83,7 +84,7 @@ def enhance_image_file(path: Path, output_dir: Path, enhancer: Enhancer, strengt
         raise UnprocessableFileError(str(exc)) from exc
     # One Pillow call reads, decodes and normalises: all of it is the read stage.
     timings = StageTimings(read_ms=clock.lap())
-    enhanced, model_timings = apply_model(enhancer, image.pixels, strength)
+    enhanced, model_timings, applied = apply_model(enhancer, image.pixels, strength)
     clock.lap()
     # The input's container (8 or 16 bit) and value depth: a 16-bit file that
     # declares 8 bits or fewer stays a 16-bit PNG, with its sBIT.
@@ -99,8 +100,19 @@ def enhance_image_file(path: Path, output_dir: Path, enhancer: Enhancer, strengt
     container = 8 if values.dtype == np.uint8 else 16
     return (
         f"{path} -> {target} ({cols}x{rows}, {container}-bit PNG, {image.bits_stored}-bit values, "
-        f"strength {format_strength(strength)}; {stage_summary(timings)})"
+        f"{describe_strength(applied)}; {stage_summary(timings)})"
     )
+
+
+def describe_strength(applied: AppliedStrength) -> str:
+    """``strength 0.80``, or ``strength 0.42 (requested 1.00, image noise SD 0.0123)``."""
+    text = f"strength {format_strength(applied.applied)}"
+    if applied.noise_sd is not None:
+        text += (
+            f" (requested {format_strength(applied.requested)}, "
+            f"image noise SD {applied.noise_sd:.4f})"
+        )
+    return text
 
 
 def enhance_dicom_file(
@@ -142,7 +154,7 @@ def enhance_dicom_file(
     photometric = "MONOCHROME1" if image.inverted else "MONOCHROME2"
     return (
         f"{path} -> {target} ({derived.Columns}x{derived.Rows}, {image.bits_stored}-bit "
-        f"{photometric} in, strength {format_strength(strength)}, "
+        f"{photometric} in, {describe_strength(result.applied)}, "
         f"SOP Instance UID {derived.SOPInstanceUID}; {stage_summary(timings)})"
     )
 

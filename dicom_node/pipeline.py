@@ -24,6 +24,7 @@ from dicom_node.config import OutputSettings
 from dicom_node.derive import build_derived
 from dicom_node.errors import PermanentError
 from dicom_node.inference import Enhancer
+from dicom_node.noise import AppliedStrength, adapt_strength
 from dicom_node.pixels import NormalizedImage, decode_pixels, normalize_pixels
 from dicom_node.strength import DEFAULT_STRENGTH, blend, check_strength
 from dicom_node.timings import StageTimings, Stopwatch
@@ -46,7 +47,9 @@ class EnhancedInstance:
     data : bytes
         `derived` as a DICOM Part 10 file, ready to be written.
     strength : float
-        The strength it was made with.
+        The strength it was made with (:attr:`applied`'s ``applied``).
+    applied : AppliedStrength
+        The strength requested, applied, and the image noise that decided it.
     timings : StageTimings
         ``read`` (when given a path), ``decode``, ``normalise``, ``infer``
         (with ``tiles``), ``blend``, ``derive`` and ``encode``.
@@ -57,6 +60,7 @@ class EnhancedInstance:
     derived: Dataset
     data: bytes
     strength: float
+    applied: AppliedStrength
     timings: StageTimings
 
 
@@ -85,14 +89,19 @@ def encode(derived: Dataset) -> bytes:
 
 def apply_model(
     enhancer: Enhancer, pixels: np.ndarray, strength: float = DEFAULT_STRENGTH
-) -> tuple[np.ndarray, StageTimings]:
+) -> tuple[np.ndarray, StageTimings, AppliedStrength]:
     """Run the generator on normalised `pixels` and apply `strength` of its correction.
+
+    When the model carries a noise calibration and ``[model] adapt_to_noise``
+    is on, the strength is first scaled by the noise measured on `pixels`
+    (:func:`dicom_node.noise.adapt_strength`): a clean image is left as it
+    is. Measuring the noise is part of the ``blend`` stage.
 
     Returns
     -------
-    tuple[numpy.ndarray, StageTimings]
-        The blended image (float32 in [0, 1], same shape) and the ``infer``
-        (with ``tiles``) and ``blend`` stages.
+    tuple[numpy.ndarray, StageTimings, AppliedStrength]
+        The blended image (float32 in [0, 1], same shape), the ``infer``
+        (with ``tiles``) and ``blend`` stages, and the strength applied.
 
     Raises
     ------
@@ -104,8 +113,12 @@ def apply_model(
     strength = check_strength(strength)
     generated, inferred = enhancer.enhance(pixels)
     clock = Stopwatch()
-    blended = blend(pixels, generated, strength)
-    return blended, inferred.with_stage("blend", clock.lap())
+    calibration = enhancer.metadata.noise_calibration
+    applied = adapt_strength(
+        strength, pixels, calibration if enhancer.settings.adapt_to_noise else None
+    )
+    blended = blend(pixels, generated, applied.applied)
+    return blended, inferred.with_stage("blend", clock.lap()), applied
 
 
 def enhance_instance(
@@ -118,7 +131,8 @@ def enhance_instance(
     """Enhance one DICOM image into its derived Secondary Capture, as bytes.
 
     The generator's output is blended with the normalised source at
-    `strength` (0: the source's pixels, 1: the generator's output) before
+    `strength` (0: the source's pixels, 1: the generator's output; scaled by
+    the image's noise for a calibrated model, see :func:`apply_model`) before
     the derived object is built; the strength goes into its provenance and
     UIDs. Strength 0 still runs the model and gives a derived object.
 
@@ -159,10 +173,18 @@ def enhance_instance(
     timings = timings.with_stage("decode", clock.lap())
     image = normalize_pixels(source, stored)
     timings = timings.with_stage("normalise", clock.lap())
-    enhanced, model_timings = apply_model(enhancer, image.pixels, strength)
+    enhanced, model_timings, applied = apply_model(enhancer, image.pixels, strength)
     timings = timings.merged(model_timings)
     clock.lap()
-    derived = build_derived(source, image, enhanced, enhancer.metadata, settings, strength=strength)
+    derived = build_derived(
+        source,
+        image,
+        enhanced,
+        enhancer.metadata,
+        settings,
+        strength=applied.applied,
+        adaptation=applied if applied.adapted else None,
+    )
     timings = timings.with_stage("derive", clock.lap())
     data = encode(derived)
     timings = timings.with_stage("encode", clock.lap())
@@ -171,6 +193,7 @@ def enhance_instance(
         image=image,
         derived=derived,
         data=data,
-        strength=strength,
+        strength=applied.applied,
+        applied=applied,
         timings=timings,
     )

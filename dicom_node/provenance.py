@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import highdicom as hd
 
     from dicom_node.model_meta import ModelMetadata
+    from dicom_node.noise import AppliedStrength
 
 MANUFACTURER = PRODUCT_NAME
 """Manufacturer of the derived object and of its Contributing Equipment item."""
@@ -99,18 +100,31 @@ def derived_uids(
     return DerivedUIDs(series_instance_uid=str(series), sop_instance_uid=str(instance))
 
 
-def derivation_description(model: ModelMetadata, strength: float = DEFAULT_STRENGTH) -> str:
+def derivation_description(
+    model: ModelMetadata,
+    strength: float = DEFAULT_STRENGTH,
+    adaptation: AppliedStrength | None = None,
+) -> str:
     """DerivationDescription: the model, its version, its hash prefix and the strength.
+
+    When the image's noise decided the strength (`adaptation`), the requested
+    strength and the measured noise follow in parentheses.
 
     Model name and version have at most 64 characters each
     (:class:`~dicom_node.model_meta.ModelMetadata`), so the text stays far
     below the 1024 characters of VR ST (DerivationDescription and
     ContributionDescription).
     """
-    return (
+    text = (
         f"AI enhancement (pix2pix generator) by model {model.name} version {model.version}, "
         f"ONNX SHA-256 {model.short_hash}, strength {format_strength(strength)}"
     )
+    if adaptation is not None and adaptation.noise_sd is not None:
+        text += (
+            f" (requested {format_strength(adaptation.requested)}, "
+            f"scaled to the image noise SD {adaptation.noise_sd:.4f})"
+        )
+    return text
 
 
 def software_versions(model: ModelMetadata) -> tuple[str, str]:
@@ -203,6 +217,7 @@ def build_provenance(
     model: ModelMetadata,
     strength: float = DEFAULT_STRENGTH,
     now: dt.datetime | None = None,
+    adaptation: AppliedStrength | None = None,
 ) -> Provenance:
     """Build the provenance of the object derived from `source` by `model` at `strength`.
 
@@ -218,6 +233,8 @@ def build_provenance(
         :data:`~dicom_node.strength.DEFAULT_STRENGTH`).
     now : datetime.datetime, optional
         Contribution time (default: now, UTC); written without a time zone.
+    adaptation : AppliedStrength, optional
+        How `strength` was chosen from the image's noise, for the description.
 
     Returns
     -------
@@ -238,7 +255,7 @@ def build_provenance(
     return Provenance(
         uids=derived_uids(source, model.sha256, value),
         strength=value,
-        derivation_description=derivation_description(model, value),
+        derivation_description=derivation_description(model, value, adaptation),
         image_comment=image_comment(model),
         manufacturer_model_name=model.name[:64],
         software_versions=software_versions(model),
