@@ -3,15 +3,23 @@
 The *class* of an exception decides what happens to the work that raised it:
 a :class:`RetryableError` is retried with exponential backoff until the
 maximum number of attempts, a :class:`PermanentError` fails the job at once.
+
+:class:`NodeError` (the root) and :class:`ConfigError` are defined in
+:mod:`dicom_node.config_errors`, because the configuration imports nothing
+else of the project; they are re-exported here with the rest of the hierarchy.
 """
 
+from dicom_node.config_errors import ConfigError, NodeError
 
-class NodeError(Exception):
-    """Root of every error raised on purpose by the node."""
-
-
-class ConfigError(NodeError):
-    """The configuration file or an environment override is invalid."""
+__all__ = [
+    "ConfigError",
+    "DispatchError",
+    "ModelError",
+    "NodeError",
+    "PermanentError",
+    "RetryableError",
+    "StorageError",
+]
 
 
 class RetryableError(NodeError):
