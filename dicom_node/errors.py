@@ -3,23 +3,12 @@
 The *class* of an exception decides what happens to the work that raised it:
 a :class:`RetryableError` is retried with exponential backoff until the
 maximum number of attempts, a :class:`PermanentError` fails the job at once.
-
-:class:`NodeError` (the root) and :class:`ConfigError` are defined in
-:mod:`dicom_node.config_errors`, because the configuration imports nothing
-else of the project; they are re-exported here with the rest of the hierarchy.
 """
 
-from dicom_node.config_errors import ConfigError, NodeError
-
-__all__ = [
-    "ConfigError",
-    "DispatchError",
-    "ModelError",
-    "NodeError",
-    "PermanentError",
-    "RetryableError",
-    "StorageError",
-]
+# NodeError (the root) and ConfigError are defined with the configuration, which
+# imports nothing else of the project; they are re-exported here with the rest.
+from dicom_node.config_errors import ConfigError as ConfigError
+from dicom_node.config_errors import NodeError as NodeError
 
 
 class RetryableError(NodeError):
