@@ -1,26 +1,21 @@
 """The node's configuration: one TOML file, validated once into frozen objects.
 
-Every key is documented in ``config/node.example.toml``. A single value can be
-overridden from the environment with ``DICOM_NODE_<SECTION>_<KEY>`` (for
-example ``DICOM_NODE_NODE_PORT=11113``), which is how containers configure the
-node; the variables are derived from the settings' fields
-(:mod:`dicom_node.config_env`). Validation is eager: :func:`load_config`
-either returns a complete, valid :class:`Config` or raises
-:class:`ConfigError` with one sentence naming the key and the offending value.
+Every key is documented in ``config/node.example.toml``; one value can be
+overridden with ``DICOM_NODE_<SECTION>_<KEY>`` (``DICOM_NODE_NODE_PORT=11113``),
+derived from the fields (:mod:`dicom_node.config_env`). :func:`load_config`
+returns a complete, valid :class:`Config` or raises :class:`ConfigError` with
+one sentence naming the key and the offending value.
 
-The settings are pydantic v2 dataclasses, frozen and hashable. pydantic was
-chosen because it is mature and widely used, declares constraints on the
-fields (``Field(ge=1)``), runs cross-field rules as validators, reports
-where an error is (the location becomes the key in the message) and, as
-dataclasses, keeps :func:`dataclasses.replace` working; a setting built in
-code (``ModelSettings(tile_size=1000)``, ``replace(settings, ...)``) is
-validated exactly like one read from the file, and raises
-:class:`~dicom_node.config_errors.SettingTypeError` (a :class:`TypeError`) or
-:class:`~dicom_node.config_errors.SettingValueError` (a :class:`ValueError`).
+The settings are frozen, hashable pydantic v2 dataclasses. pydantic was chosen
+because it is mature, declares constraints on the fields, runs cross-field rules
+as validators and reports where an error is (the location becomes the key in the
+message); as dataclasses they keep :func:`dataclasses.replace`, which validates
+again. A setting built in code (``ModelSettings(tile_size=1000)``) is validated
+like one read from the file and raises a ``SettingTypeError`` (a TypeError) or a
+``SettingValueError`` (a ValueError), see :mod:`dicom_node.config_errors`.
 
 This module imports nothing of the project but its ``config_*`` siblings, so
-parsing the configuration loads neither numpy nor pydicom. The installed
-model (``dicom-node model install``) is resolved by
+parsing loads neither numpy nor pydicom. The installed model is resolved by
 :func:`dicom_node.model_store.resolve_installed_model`.
 """
 
@@ -114,7 +109,7 @@ class Rule:
     destinations: Strings = ()
     modality: Upper = ()
     sop_class_uid: Uids = ()
-    body_part_examined: Upper = CHEST_BODY_PARTS
+    body_part_examined: Upper = ()
     view_position: Upper = ()
     calling_aet: AETitles = ()
     series_description: Regex = ""

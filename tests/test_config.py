@@ -185,7 +185,8 @@ def test_settings_are_frozen_hashable_and_compare_by_value() -> None:
     assert hash(settings) == hash(ModelSettings(tile_size=512, tile_overlap=64))
     assert replace(settings, warmup=False).warmup is False
     assert hash(parse({})) == hash(parse({}))
-    assert parse({}).rules[0].body_part_examined == CHEST_BODY_PARTS
+    assert parse({}).rules[0].body_part_examined == CHEST_BODY_PARTS  # the default rule's
+    assert Rule(name="any", action="forward").body_part_examined == ()  # a rule's: any part
     assert parse({"jobs": {"retry_base_delay": 5}}).jobs.retry_base_delay == 5.0
     assert isinstance(parse({"jobs": {"retry_base_delay": 5}}).jobs.retry_base_delay, float)
 
