@@ -2,7 +2,9 @@
 
 SQLite under ``data_dir`` is the embedded default; PostgreSQL
 (``postgresql+psycopg://``) is used when several workers or hosts share the
-queue. All timestamps are naive UTC (:func:`utcnow`).
+queue. All timestamps are naive UTC (:func:`utcnow`). The tables are created and
+changed only by the migrations in :mod:`dicom_node.migrations`: a change to a
+model here needs a new revision there.
 """
 
 from __future__ import annotations
@@ -26,15 +28,13 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    inspect,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
+from dicom_node import migrations
 from dicom_node.config import StorageSettings
 
 UID = String(64)
-SCHEMA_LOCK_KEY = 0x44434D4E  # "DCMN": advisory lock held while creating the schema
 
 
 def utcnow() -> dt.datetime:
@@ -223,8 +223,8 @@ class Worker(Base):
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-def make_engine(storage: StorageSettings) -> Engine:
-    """Create the process's engine and the schema if it does not exist yet.
+def make_engine(storage: StorageSettings, *, migrate: bool = True) -> Engine:
+    """Create the process's engine and bring the schema to the newest revision.
 
     SQLite runs in WAL mode with ``synchronous=FULL`` (a committed row survives
     a power cut) and every transaction starts with ``BEGIN IMMEDIATE`` so
@@ -235,11 +235,19 @@ def make_engine(storage: StorageSettings) -> Engine:
     ----------
     storage : StorageSettings
         The storage section of the configuration.
+    migrate : bool, optional
+        Run the pending migrations (:func:`dicom_node.migrations.upgrade`);
+        default true. False for ``dicom-node db current``, which only looks.
 
     Returns
     -------
     sqlalchemy.Engine
         The engine; create it once per process.
+
+    Raises
+    ------
+    dicom_node.migrations.SchemaVersionError
+        If the database was upgraded by a newer node (its revision is unknown).
     """
     url = storage.effective_database_url
     kwargs: dict[str, Any] = {"future": True}
@@ -254,40 +262,13 @@ def make_engine(storage: StorageSettings) -> Engine:
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         _configure_sqlite(engine, storage.sqlite_busy_timeout)
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # Processes starting together on an empty database would both try to
-            # CREATE TABLE; one would fail. (SQLite's BEGIN IMMEDIATE serializes them.)
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-        Base.metadata.create_all(conn)
-        _add_missing_columns(conn)
+    if migrate:
+        try:
+            migrations.upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
     return engine
-
-
-ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("derived_instances", "strength"),)
-"""Nullable columns added after the first release: (table, column).
-
-``create_all`` creates missing tables but never changes an existing one, so
-a database made by an older version gets these with ``ALTER TABLE … ADD
-COLUMN`` (nullable, no default: old rows read NULL).
-"""
-
-
-def _add_missing_columns(conn: Any) -> None:
-    inspector = inspect(conn)
-    for table_name, column_name in ADDED_COLUMNS:
-        present = {column["name"] for column in inspector.get_columns(table_name)}
-        if column_name in present:
-            continue
-        column = Base.metadata.tables[table_name].c[column_name]
-        kind = column.type.compile(dialect=conn.dialect)
-        preparer = conn.dialect.identifier_preparer
-        conn.execute(
-            text(
-                f"ALTER TABLE {preparer.quote(table_name)} "
-                f"ADD COLUMN {preparer.quote(column_name)} {kind}"
-            )
-        )
 
 
 def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:

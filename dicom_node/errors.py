@@ -8,13 +8,10 @@ node did not expect, is retried with exponential backoff until the maximum
 number of attempts, then dead-lettered.
 """
 
-
-class NodeError(Exception):
-    """Root of every error raised on purpose by the node."""
-
-
-class ConfigError(NodeError):
-    """The configuration file or an environment override is invalid."""
+# NodeError (the root) and ConfigError are defined with the configuration, which
+# imports nothing else of the project; they are re-exported here with the rest.
+from dicom_node.config_errors import ConfigError as ConfigError
+from dicom_node.config_errors import NodeError as NodeError
 
 
 class RetryableError(NodeError):

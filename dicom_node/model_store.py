@@ -13,8 +13,8 @@ Every file is written atomically (:func:`dicom_node.spool.write_atomic`), so a
 crash leaves the previous state or the new one, never a half-written file.
 Older models are kept: installing one of them again makes it active again.
 
-:func:`read_active` is used by :func:`dicom_node.config.load_config` to resolve
-the model when the configuration names none; a record that is unreadable or
+:func:`resolve_installed_model` uses :func:`read_active` to resolve the
+model when the configuration names none; a record that is unreadable or
 names a missing file is a :class:`~dicom_node.errors.ConfigError`, never a
 silent fallback to the bundled model. The resolution order is: ``[model] path``
 (or ``--model``) > the installed active model > the bundled model.
@@ -27,10 +27,12 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from dicom_node.config import Config, ModelSettings
 from dicom_node.errors import ConfigError, ModelError
+from dicom_node.inference import Enhancer
 from dicom_node.model_meta import file_sha256
 from dicom_node.spool import write_atomic
 
@@ -188,6 +190,27 @@ def read_active(data_dir: Path) -> tuple[InstalledModel, Path] | None:
     return record, model_path
 
 
+def resolve_installed_model(config: Config) -> Config:
+    """`config` with the installed active model when ``[model] path`` is not set.
+
+    Order: ``[model] path`` (file or environment) > ``<data_dir>/models/active.json``
+    (``dicom-node model install``) > the bundled model (path None).
+
+    Raises
+    ------
+    ConfigError
+        If ``active.json`` exists but is unreadable, invalid or names a
+        missing file; the node never falls back to the bundled model then.
+    """
+    if config.model.path is not None:
+        return config
+    active = read_active(config.storage.data_dir)
+    if active is None:
+        return config
+    _record, model_path = active
+    return replace(config, model=replace(config.model, path=model_path, path_source="installed"))
+
+
 def _read_active_leniently(data_dir: Path) -> InstalledModel | None:
     """The active record, or None when it is absent or broken (install replaces it)."""
     try:
@@ -262,9 +285,6 @@ def install_model(source: Path, data_dir: Path, now: dt.datetime | None = None) 
     StorageError
         If a file cannot be written under `data_dir`.
     """
-    from dicom_node.config import ModelSettings
-    from dicom_node.inference import Enhancer
-
     try:
         enhancer = Enhancer(ModelSettings(path=source, provider="cpu", warmup=True))
     except Exception as exc:  # onnxruntime raises its own classes from the warm-up run

@@ -5,35 +5,17 @@ generator's output, 0 the source unchanged, values in between scale the
 correction linearly (noise removed, sharpening and any change the model
 makes). The blend runs in the node's [0, 1] pixel convention after
 inference, so it costs nothing and works with every model; the exported
-graph does not change.
+graph does not change. :data:`DEFAULT_STRENGTH` and :func:`check_strength` live
+with the configuration (:mod:`dicom_node.config_types`), which imports no numpy.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-DEFAULT_STRENGTH = 1.0
-"""Strength used when neither ``[model] strength`` nor a rule sets one."""
+from dicom_node.config_types import DEFAULT_STRENGTH, check_strength
 
-
-def check_strength(value: object, key: str = "strength") -> float:
-    """Validate a strength and return it as a float.
-
-    Raises
-    ------
-    TypeError
-        If `value` is not a number.
-    ValueError
-        If `value` is not in [0, 1].
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{key} must be a number from 0 to 1; got {value!r}.")
-    number = float(value)
-    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
-        raise ValueError(f"{key} must be from 0 to 1; got {value!r}.")
-    return number
+__all__ = ["DEFAULT_STRENGTH", "blend", "check_strength", "format_strength"]
 
 
 def format_strength(strength: float) -> str:

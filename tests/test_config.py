@@ -8,20 +8,32 @@ representative set goes through ``dicom-node config check`` and
 
 from __future__ import annotations
 
+import ast
+import os
 import subprocess
+import sys
 import tomllib
+from collections.abc import Callable
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.module_graph import find_cycle, import_graph
 from helpers.peers import DICOM_NODE, NodeProcess, echoscu, free_port, to_toml
 
 from dicom_node.config import (
+    CHEST_BODY_PARTS,
     DEFAULT_RULES,
     Config,
     ConfigError,
+    Destination,
+    JobSettings,
     ModelSettings,
+    NodeSettings,
+    OutputSettings,
     Rule,
+    StorageSettings,
     apply_env_overrides,
     load_config,
     parse_config,
@@ -109,13 +121,107 @@ def test_strength_default_model_value_and_rule_override() -> None:
 
 
 def test_strength_built_in_code_is_checked_too() -> None:
-    with pytest.raises(ValueError, match="from 0 to 1"):
+    with pytest.raises(ValueError, match=r"^strength: 1\.2 is out of range; expected 0 to 1\.$"):
         ModelSettings(strength=1.2)
-    with pytest.raises(TypeError, match="must be a number"):
+    with pytest.raises(TypeError, match=r"^strength: 'high' is not a number"):
         ModelSettings(strength="high")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="only an enhance rule has a strength"):
         Rule(name="fwd", action="forward", strength=0.5)
     assert Rule(name="e", action="enhance", strength=0.5).strength == 0.5
+
+
+CODE_CASES: list[tuple[Callable[[], object], type[Exception], str]] = [
+    # (settings built in code, exception class, start of the message)
+    (lambda: ModelSettings(tile_size=1000), ValueError, "tile_size: 1000 is not a multiple of 256"),
+    (lambda: ModelSettings(tile_size=128), ValueError, "tile_size: 128 is too small"),
+    (
+        lambda: ModelSettings(tile_size=512, tile_overlap=256),
+        ValueError,
+        "tile_overlap: 256 must be less than half of tile_size (512)",
+    ),
+    (lambda: ModelSettings(provider="tpu"), ValueError, "provider: 'tpu' is not one of auto"),  # type: ignore[arg-type]
+    (lambda: ModelSettings(path_source="elsewhere"), ValueError, "path_source: 'elsewhere'"),  # type: ignore[arg-type]
+    (lambda: ModelSettings(warmup="yes"), TypeError, "warmup: 'yes' is not a boolean"),  # type: ignore[arg-type]
+    (lambda: ModelSettings(tile_sise=512), TypeError, "unknown key 'tile_sise'"),  # type: ignore[call-arg]
+    (lambda: NodeSettings(port=0), ValueError, "port: 0 is not a valid TCP port"),
+    (lambda: NodeSettings(ae_title="X" * 17), ValueError, "ae_title: 'XXXXXXXXXXXXXXXXX' is"),
+    (lambda: JobSettings(max_attempts=0), ValueError, "max_attempts: 0 is too small"),
+    (lambda: JobSettings(retry_max_delay=1.0), ValueError, "retry_max_delay: 1.0 is smaller"),
+    (lambda: JobSettings(poll_interval=float("nan")), ValueError, "poll_interval: nan"),
+    (lambda: StorageSettings(database_url="mysql://x"), ValueError, "database_url: 'mysql://x'"),
+    (lambda: Destination("pacs", "PACS", "host name", 104), ValueError, "host: 'host name'"),
+    (lambda: Destination("pacs", "PACS", "h"), TypeError, "the key 'port' is required"),  # type: ignore[call-arg]
+    (lambda: OutputSettings(series_description="{nope}"), ValueError, "series_description"),
+    (lambda: Rule(name="r", action="delete"), ValueError, "action: 'delete' is not one of"),  # type: ignore[arg-type]
+    (lambda: Rule(name="r", action="forward", sop_class_uid=("1.02",)), ValueError, "sop_class"),
+    (
+        lambda: Config(rules=(Rule(name="r", action="forward", destinations=("pacs",)),)),
+        ValueError,
+        "rules[0].destinations: 'pacs' is not a configured destination.",
+    ),
+    (lambda: replace(ModelSettings(), tile_size=1000), ValueError, "tile_size: 1000"),
+    (lambda: replace(ModelSettings(), strength=2), ValueError, "strength: 2 is out of range"),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "kind", "start"), CODE_CASES, ids=[case[2].split(":")[0] for case in CODE_CASES]
+)
+def test_settings_built_in_code_are_validated(
+    build: Callable[[], object], kind: type[Exception], start: str
+) -> None:
+    with pytest.raises(kind) as caught:
+        build()
+    assert isinstance(caught.value, ConfigError)
+    message = str(caught.value)
+    assert message.startswith(start) or start in message, message
+    assert "\n" not in message
+
+
+def test_settings_are_frozen_hashable_and_compare_by_value() -> None:
+    settings = ModelSettings(tile_size=512, tile_overlap=64)
+    with pytest.raises(FrozenInstanceError):
+        settings.tile_size = 1024  # type: ignore[misc]
+    assert hash(settings) == hash(ModelSettings(tile_size=512, tile_overlap=64))
+    assert replace(settings, warmup=False).warmup is False
+    assert hash(parse({})) == hash(parse({}))
+    assert parse({}).rules[0].body_part_examined == CHEST_BODY_PARTS  # the default rule's
+    assert Rule(name="any", action="forward").body_part_examined == ()  # a rule's: any part
+    assert parse({"jobs": {"retry_base_delay": 5}}).jobs.retry_base_delay == 5.0
+    assert isinstance(parse({"jobs": {"retry_base_delay": 5}}).jobs.retry_base_delay, float)
+
+
+def test_parsing_the_configuration_imports_neither_numpy_nor_pydicom(tmp_path: Path) -> None:
+    code = (
+        "import sys, pathlib; import dicom_node.config as c; "
+        "c.load_config(pathlib.Path(sys.argv[1]), environ={}); "
+        "assert 'numpy' not in sys.modules and 'pydicom' not in sys.modules, "
+        "sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pydicom'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_config_imports_nothing_else_of_the_project() -> None:
+    for name in ("config", "config_env", "config_errors", "config_sections", "config_types"):
+        tree = ast.parse((REPO / "dicom_node" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                module = node.module
+            elif isinstance(node, ast.Import):
+                module = node.names[0].name
+            else:
+                continue
+            if module.startswith("dicom_node"):
+                assert module.startswith("dicom_node.config"), f"{name} imports {module}"
 
 
 def test_relative_paths_resolve_against_the_folder_holding_config(tmp_path: Path) -> None:
@@ -450,3 +556,33 @@ def test_an_environment_override_reaches_the_running_node(tmp_path: Path) -> Non
         assert echoscu(port, called="NODE").returncode != 0
     finally:
         node.kill()
+
+
+# --------------------------------------------------------------------------- import graph
+
+
+def test_the_module_graph_is_acyclic() -> None:
+    """No import cycle, counting the imports inside functions (they only hide one)."""
+    graph = import_graph(REPO)
+    assert "dicom_node.model_store" not in graph["dicom_node.config"]
+    assert "dicom_node.config" in graph["dicom_node.model_store"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_every_module_imports_in_a_fresh_interpreter() -> None:
+    code = (
+        "import importlib, pkgutil, dicom_node\n"
+        "for info in pkgutil.walk_packages(dicom_node.__path__, 'dicom_node.'):\n"
+        "    if info.name != 'dicom_node.migrations.env':  # run by alembic, not imported\n"
+        "        importlib.import_module(info.name)\n"
+    )
+    for first in ("dicom_node.config", "dicom_node.model_store", "dicom_node.cli"):
+        result = subprocess.run(
+            [sys.executable, "-c", f"import {first}\n{code}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert result.returncode == 0, result.stderr

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import pytest
 from onnx_models import make_smoothing_model
 
 from dicom_node.cli import main
-from dicom_node.config import ConfigError, ModelSettings, load_config
+from dicom_node.config import Config, ConfigError, ModelSettings, load_config
 from dicom_node.model_store import (
     InstalledModel,
     active_record_path,
@@ -26,7 +29,13 @@ from dicom_node.model_store import (
     installed_file_name,
     models_dir,
     read_active,
+    resolve_installed_model,
 )
+
+
+def load(path: Path, environ: dict[str, str]) -> Config:
+    """The configuration as the commands see it: with the installed model resolved."""
+    return resolve_installed_model(load_config(path, environ=environ))
 
 
 def write_config(tmp_path: Path, model_path: Path | None = None) -> Path:
@@ -88,7 +97,7 @@ def test_install_then_load_config_resolves_to_the_installed_file(
     tmp_path: Path, model_a: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config_path = write_config(tmp_path)
-    assert load_config(config_path, environ={}).model.source == "bundled"
+    assert load(config_path, environ={}).model.source == "bundled"
 
     lines = install(config_path, model_a, capsys)
 
@@ -108,7 +117,7 @@ def test_install_then_load_config_resolves_to_the_installed_file(
     assert record["source"] == str(model_a.resolve())
     assert record["installed_at"].endswith("+00:00")
 
-    config = load_config(config_path, environ={})
+    config = load(config_path, environ={})
     assert config.model.path == installed
     assert config.model.source == "installed"
 
@@ -192,7 +201,7 @@ def test_a_refused_model_exits_1_with_one_line_and_changes_nothing(
     assert reason in line
     assert snapshot(models_dir(data_dir(tmp_path))) == before
     assert (
-        load_config(config_path, environ={}).model.path
+        load(config_path, environ={}).model.path
         == models_dir(data_dir(tmp_path)) / json.loads(before["active.json"])["file"]
     )
 
@@ -219,14 +228,14 @@ def test_installing_an_older_model_again_makes_it_active_and_keeps_both(
     config_path = write_config(tmp_path)
     install(config_path, model_a, capsys)
     install(config_path, model_b, capsys)
-    assert load_config(config_path, environ={}).model.path is not None
-    assert sha256(load_config(config_path, environ={}).model.path) == sha256(model_b)
+    assert load(config_path, environ={}).model.path is not None
+    assert sha256(load(config_path, environ={}).model.path) == sha256(model_b)
 
     # Going back: install the kept file from the models folder itself.
     kept = models_dir(data_dir(tmp_path)) / installed_file_name("cxr-gen", "1.0", sha256(model_a))
     install(config_path, kept, capsys)
 
-    config = load_config(config_path, environ={})
+    config = load(config_path, environ={})
     assert config.model.path == kept
     files = sorted(p.name for p in models_dir(data_dir(tmp_path)).glob("*.onnx"))
     assert len(files) == 2
@@ -270,7 +279,7 @@ def test_an_explicit_model_path_wins_over_the_installed_one(
     install(write_config(tmp_path), model_a, capsys)
     config_path = write_config(tmp_path, model_path=model_b)
 
-    config = load_config(config_path, environ={})
+    config = load(config_path, environ={})
     assert config.model.path == model_b and config.model.source == "config"
     assert main(["model", "info", "--json", "--config", str(config_path)]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -284,7 +293,7 @@ def test_an_explicit_model_path_wins_over_the_installed_one(
     assert info["source"] == "command line" and info["sha256"] == sha256(other)
 
     # The environment is part of the configuration: an empty path selects the installed model.
-    config = load_config(config_path, environ={"DICOM_NODE_MODEL_PATH": ""})
+    config = load(config_path, environ={"DICOM_NODE_MODEL_PATH": ""})
     assert config.model.source == "installed"
 
     # install says that the configured path still takes precedence.
@@ -317,17 +326,17 @@ def test_a_broken_active_record_is_a_configuration_error(
         record.write_text(content)
 
     with pytest.raises(ConfigError, match="installed-model record"):
-        load_config(config_path, environ={})
+        load(config_path, environ={})
     for command in (["config", "check"], ["model", "info"]):
         assert main([*command, "--config", str(config_path)]) == 2
         line = one_error_line(capsys)
         assert str(record) in line and reason in line
 
     # An explicit path does not read the record; installing again repairs it.
-    assert load_config(write_config(tmp_path, model_a), environ={}).model.source == "config"
+    assert load(write_config(tmp_path, model_a), environ={}).model.source == "config"
     config_path = write_config(tmp_path)
     install(config_path, model_a, capsys)
-    assert load_config(config_path, environ={}).model.source == "installed"
+    assert load(config_path, environ={}).model.source == "installed"
 
 
 # --------------------------------------------------------------------------- units
@@ -357,4 +366,79 @@ def test_model_settings_source() -> None:
     assert ModelSettings(path=Path("m.onnx")).source == "config"
     assert ModelSettings(path=Path("m.onnx"), path_source="installed").source == "installed"
     with pytest.raises(ValueError, match="path_source: 'elsewhere' is not one of"):
-        ModelSettings(path_source="elsewhere")
+        ModelSettings(path_source="elsewhere")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- without a file
+
+
+@pytest.fixture
+def no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run from a folder without config/node.toml, no DICOM_NODE_* variable set."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for name in [n for n in os.environ if n.startswith("DICOM_NODE_")]:
+        monkeypatch.delenv(name)
+    return work
+
+
+def test_environment_applies_without_a_configuration_file(
+    no_config_file: Path,
+    model_a: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["model", "info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "bundled"
+
+    monkeypatch.setenv("DICOM_NODE_MODEL_PATH", str(model_a))
+    assert main(["model", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["source"] == "config" and info["sha256"] == sha256(model_a)
+
+    monkeypatch.setenv("DICOM_NODE_MODEL_TILE_SIZE", "1000")
+    assert main(["model", "info"]) == 2
+    assert "model.tile_size: 1000 is not a multiple of 256" in one_error_line(capsys)
+
+
+def test_a_model_path_that_does_not_exist_is_an_error(
+    no_config_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DICOM_NODE_MODEL_PATH", "/nonexistent.onnx")
+    expected = "dicom-node: error: model.path: '/nonexistent.onnx' does not exist or is not a file."
+    for command in (["model", "info"], ["enhance", "x.png", "-o", str(tmp_path / "out")]):
+        assert main(command) == 2
+        assert one_error_line(capsys) == expected
+    assert not (tmp_path / "out").exists()
+    # The same with a file that names it, and through the console script.
+    config_path = write_config(tmp_path, model_path=Path("/nonexistent.onnx"))
+    monkeypatch.delenv("DICOM_NODE_MODEL_PATH")
+    with pytest.raises(ConfigError, match=r"model\.path: ./nonexistent\.onnx. does not exist"):
+        load_config(config_path, environ={})
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dicom-node"), "model", "info"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "DICOM_NODE_MODEL_PATH": "/nonexistent.onnx"},
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", expected + "\n")
+
+
+def test_the_installed_model_resolves_without_a_configuration_file(
+    no_config_file: Path,
+    model_a: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    install_model(model_a, no_config_file / "var")
+    assert main(["model", "info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "installed"
+    monkeypatch.setenv("DICOM_NODE_STORAGE_DATA_DIR", str(no_config_file / "elsewhere"))
+    assert main(["model", "info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "bundled"

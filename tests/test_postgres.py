@@ -16,14 +16,18 @@ import psycopg
 import pytest
 from helpers.dicom_files import SampleFile, describe
 from helpers.peers import NodeProcess, Orthanc, storescu, wait_until
+from helpers.schema import make_legacy_database, schema_differences, set_revision
 from helpers.scu import store
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from dicom_node import migrations
 from dicom_node.config import StorageSettings, parse_config
 from dicom_node.dataset_info import inspect_file
 from dicom_node.db import make_engine
 from dicom_node.ingest import ingest
 from dicom_node.jobs import claim_job, complete_processing
+from dicom_node.migrations import SchemaVersionError
 from dicom_node.runtime import Runtime
 
 pytestmark = [pytest.mark.postgres, pytest.mark.network]
@@ -167,6 +171,59 @@ def test_processes_starting_together_create_the_schema_once(pg_database: str) ->
     for thread in threads:
         thread.join(60)
     assert errors == []
+
+
+@pytest.mark.parametrize("with_strength", [False, True], ids=["oldest", "with-strength"])
+def test_a_database_made_before_migrations_is_upgraded_on_postgres(
+    pg_database: str, with_strength: bool
+) -> None:
+    make_legacy_database(pg_database, with_strength)
+    storage = StorageSettings(database_url=pg_database)
+    engine = make_engine(storage, migrate=False)
+    try:
+        assert migrations.current(engine).legacy
+    finally:
+        engine.dispose()
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:  # several nodes of a cluster start on the old database together
+        barrier.wait(10)
+        try:
+            make_engine(storage).dispose()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    engine = make_engine(storage)
+    try:
+        assert migrations.current(engine).current
+        assert schema_differences(engine) == []
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT sop_instance_uid, strength FROM derived_instances"))
+            assert rows.all() == [("2.25.1", None)]
+    finally:
+        engine.dispose()
+
+
+def test_a_database_from_a_newer_node_is_refused_on_postgres(pg_database: str) -> None:
+    storage = StorageSettings(database_url=pg_database)
+    engine = make_engine(storage)
+    try:
+        assert schema_differences(engine) == []
+        set_revision(engine, "9999_future")
+        with pytest.raises(SchemaVersionError, match=r"^The database postgresql\+psycopg://"):
+            make_engine(storage)
+        with engine.connect() as conn:
+            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        assert revision == "9999_future"
+    finally:
+        engine.dispose()
 
 
 def test_database_unavailable_answers_out_of_resources(
