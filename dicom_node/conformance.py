@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -116,7 +117,9 @@ def _iod_rows(created: Dataset, source: Dataset, copied: str) -> list[tuple[str,
     return rows
 
 
-def derived_example(label: str = "burned_in") -> tuple[Dataset, Dataset]:
+def derived_example(
+    label: Literal["burned_in", "overlay", "none"] = "burned_in",
+) -> tuple[Dataset, Dataset]:
     """A synthetic source and the Secondary Capture the node derives from it."""
     source = _synthetic_source()
     image = normalize_dataset(source)

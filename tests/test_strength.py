@@ -141,6 +141,8 @@ def runtime(tmp_path: Path, model_path: Path) -> Iterator[Runtime]:
     raw = {
         "storage": {"data_dir": str(tmp_path / "data")},
         "model": {"path": str(model_path), "strength": 0.5},
+        # Whole-image pixel comparisons below: no burned-in label (test_derive covers it).
+        "output": {"label": "none"},
         "rules": [
             # The rule's strength wins over [model] strength...
             {"name": "cr-unchanged", "action": "enhance", "modality": ["CR"], "strength": 0.0},
