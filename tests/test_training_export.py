@@ -150,3 +150,67 @@ def test_cli_export_and_its_errors(
     with pytest.raises(SystemExit) as exit_info:
         main(["export", str(checkpoint), "-o", str(output), "--opset", "13"])
     assert exit_info.value.code == 2
+
+
+def test_calibrate_then_export_makes_the_node_noise_adaptive(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dicom_node.config import ModelSettings
+    from dicom_node.inference import Enhancer
+    from dicom_node.noise import NoiseCalibration
+
+    run_dir = checkpoint.parent
+    assert main(["calibrate", "--run-dir", str(run_dir)]) == 0
+    calibration = json.loads((run_dir / "noise_calibration.json").read_text())
+    assert 0 <= calibration["noise_floor"] < calibration["noise_full"]
+    assert "noise floor" in capsys.readouterr().out
+    output = tmp_path / "calibrated.onnx"
+    assert (
+        main(
+            [
+                "export",
+                str(checkpoint),
+                "-o",
+                str(output),
+                "--noise-calibration",
+                str(run_dir / "noise_calibration.json"),
+            ]
+        )
+        == 0
+    )
+    metadata = read_metadata(output)
+    assert float(metadata["noise_floor"]) == calibration["noise_floor"]
+    enhancer = Enhancer(ModelSettings(path=output, warmup=False))
+    assert enhancer.metadata.noise_calibration == NoiseCalibration(
+        calibration["noise_floor"], calibration["noise_full"]
+    )
+    # A missing or broken calibration file is a one-line error, and nothing is exported.
+    (tmp_path / "broken.json").write_text("{}")
+    assert (
+        main(
+            [
+                "export",
+                str(checkpoint),
+                "-o",
+                str(tmp_path / "no.onnx"),
+                "--noise-calibration",
+                str(tmp_path / "broken.json"),
+            ]
+        )
+        == 1
+    )
+    assert capsys.readouterr().err.startswith("dicom-node-train: error:")
+    assert not (tmp_path / "no.onnx").exists()
+
+
+def test_calibration_refuses_levels_that_do_not_separate() -> None:
+    from training.noise_calibration import CalibrationError, calibrate_noise
+
+    rng = np.random.default_rng(0)
+    images = [ndimage.gaussian_filter(rng.random((200, 200)), 3.0) for _ in range(3)]
+    with pytest.raises(CalibrationError, match="not below"):
+        calibrate_noise(images, settings=[Degradation(0.0, 0.0, 1.0)])
+    with pytest.raises(CalibrationError, match="at least one"):
+        calibrate_noise([])
+    result = calibrate_noise(images)
+    assert result["noise_floor"] < result["noise_full"]

@@ -3,7 +3,8 @@
 Subcommands::
 
     dicom-node-train train    --run-dir DIR (--images PATH... | --manifest CSV | --archive) ...
-    dicom-node-train export   CHECKPOINT --output MODEL.onnx ...
+    dicom-node-train calibrate --run-dir DIR [--output JSON]
+    dicom-node-train export   CHECKPOINT --output MODEL.onnx [--noise-calibration JSON] ...
     dicom-node-train evaluate --run-dir DIR --model MODEL.onnx ...
 
 The flags are declared in :mod:`training.cli_parser`. Each command turns its
@@ -110,9 +111,30 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Measure the noise levels of a run's validation split (:mod:`training.noise_calibration`)."""
+    import json
+
+    from training.data import load_images, record_paths
+    from training.noise_calibration import calibrate_noise
+    from training.split import Split
+
+    val = Split.load(args.run_dir / "split.json").subset("val")
+    images = load_images(record_paths(val))
+    result = calibrate_noise([image.pixels for image in images.values()], seed=args.seed)
+    output = args.output or args.run_dir / "noise_calibration.json"
+    output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(
+        f"noise floor {result['noise_floor']:.5f}, full {result['noise_full']:.5f} "
+        f"({result['clean']['images']} validation images); written to {output}"
+    )
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Export a checkpoint to ONNX behind the parity gate."""
     from training.export import ExportSettings, export_checkpoint
+    from training.noise_calibration import read_calibration
 
     if args.opset < 17:
         parser.error(f"--opset must be 17 or newer; got {args.opset}.")
@@ -124,6 +146,9 @@ def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         opset=args.opset,
         tolerance=args.tolerance,
         fp16_tolerance=args.fp16_tolerance,
+        noise_calibration=read_calibration(args.noise_calibration)
+        if args.noise_calibration is not None
+        else None,
     )
     report = export_checkpoint(
         args.checkpoint,
@@ -171,6 +196,7 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, argparse.ArgumentParser], int]] = {
     "train": cmd_train,
+    "calibrate": cmd_calibrate,
     "export": cmd_export,
     "evaluate": cmd_evaluate,
 }

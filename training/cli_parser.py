@@ -194,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="fixed degradation of the validation images (0.002,2e-5,0.8)",
     )
 
+    ca = sub.add_parser(
+        "calibrate", help="measure the noise levels that make the node's strength noise-adaptive"
+    )
+    ca.add_argument("--run-dir", type=Path, required=True, metavar="DIR", help="its split.json")
+    ca.add_argument(
+        "--output", "-o", type=Path, metavar="JSON", help="default DIR/noise_calibration.json"
+    )
+    ca.add_argument("--seed", type=int, default=0, help="seeds the degradations (0)")
+
     ex = sub.add_parser("export", help="export a checkpoint to ONNX with metadata and parity check")
     ex.add_argument("checkpoint", type=Path, help="best.pt (or last.pt) of a run")
     ex.add_argument("--output", "-o", type=Path, required=True, metavar="ONNX")
@@ -229,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximum absolute difference allowed for fp16 (default 1e-2)",
     )
     ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument(
+        "--noise-calibration",
+        type=Path,
+        metavar="JSON",
+        help="noise_calibration.json of `calibrate`: the node scales the strength by the noise",
+    )
 
     ev = sub.add_parser("evaluate", help="compare the generator with baselines on the test split")
     ev.add_argument(

@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.model_meta import file_sha256
+from dicom_node.noise import NoiseCalibration
 from training.baselines import (
     BM3D_FACTORS,
     BM3D_TUNE_CROP,
@@ -135,6 +136,7 @@ from training.evaluation_targets import (
     check_targets,
     compare_with_l1,
 )
+from training.export_metadata import read_metadata
 from training.grids import DIFF_GAIN, save_grid
 from training.restorers import Restorer, checkpoint_restorer, load_restorer, onnx_restorer
 from training.split import Split
@@ -301,6 +303,8 @@ def run_evaluation(
     result.protocol = _protocol(settings)
     runner = BaselineRunner(settings.workers)
     evaluation = EvaluationRun(settings, generators, groups, output_dir, runner, result)
+    if model.suffix.lower() == ".onnx":
+        evaluation.calibration = NoiseCalibration.from_props(read_metadata(model))
     try:
         stage = time.perf_counter()
         evaluation.tune()

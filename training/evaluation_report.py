@@ -63,6 +63,8 @@ class EvaluationResult:
     targets: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
+    adaptive_strength: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per group: mean, min and max strength the node applied (noise-adaptive row)."""
 
     def table(self) -> str:
         """The main table: PSNR, SSIM, HF ratio, GMS and period-2 ratio per group and method."""
@@ -207,6 +209,11 @@ class EvaluationResult:
         for key in ("crop_text", "generator_input", "baseline_input", "sigma_estimate"):
             if key in self.protocol:
                 lines.append(f"* {key.replace('_', ' ')}: {self.protocol[key]}")
+        for label, values in self.adaptive_strength.items():
+            lines.append(
+                f"* strength the node applied ({label}): mean {values['mean']:.2f}, "
+                f"min {values['min']:.2f}, max {values['max']:.2f}."
+            )
         if self.timings:
             spent = ", ".join(f"{k} {v:.0f} s" for k, v in self.timings.items())
             lines.append(f"* time: {spent}.")
@@ -252,6 +259,7 @@ class EvaluationResult:
                 "comparison": self.comparison,
                 "targets": self.targets,
                 "timings": self.timings,
+                "adaptive_strength": self.adaptive_strength,
                 "per_image": self.per_image,
             }
         )

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from dicom_node.noise import NoiseCalibration, adapt_strength
 from dicom_node.strength import blend
 from training import detail
 from training.baselines import (
@@ -42,6 +43,7 @@ from training.evaluation_settings import (
     INPUT,
     L1,
     NLM,
+    NODE,
     PIX2PIX,
     EvaluationSettings,
     GroupKind,
@@ -87,6 +89,9 @@ class EvaluationRun:
         self.output_dir = output_dir
         self.runner = runner
         self.result = result
+        self.calibration: NoiseCalibration | None = None
+        """The pix2pix model's noise calibration: with one, the node's row is added."""
+        self.applied: dict[str, list[float]] = defaultdict(list)
         self.placements: dict[str, list[detail.Placement]] = {}
         self.prefetched: dict[tuple[int, int, bool], dict[str, Future[Any]]] = {}
 
@@ -205,6 +210,10 @@ class EvaluationRun:
         for name, future in futures.items():
             outputs[name], seconds[name] = future.result()
         outputs.update(generated)
+        if PIX2PIX in outputs and self.calibration is not None:
+            applied = adapt_strength(1.0, degraded, self.calibration)
+            outputs[NODE] = blend(low, outputs[PIX2PIX], applied.applied)
+            self.applied[group.label].append(applied.applied)
         if PIX2PIX in outputs:
             for strength in self.settings.strengths:
                 if strength != 1.0:
@@ -251,6 +260,13 @@ class EvaluationRun:
             for name, values in scores.items()
         }
         self.result.per_image[group.label] = rows
+        applied = self.applied.get(group.label)
+        if applied:
+            self.result.adaptive_strength[group.label] = {
+                "mean": float(np.mean(applied)),
+                "min": float(np.min(applied)),
+                "max": float(np.max(applied)),
+            }
         if panels:
             labels = [*names, "reference", f"|{names[-1]} - ref| x{DIFF_GAIN:g}"]
             short = [name.split(" (")[0].replace(" generator", "") for name in labels]

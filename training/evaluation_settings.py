@@ -44,6 +44,9 @@ NLM = "NLM (tuned on val)"
 BM3D = "BM3D (tuned on val)"
 L1 = "L1-only generator"
 PIX2PIX = "pix2pix generator"
+NODE = "pix2pix, node (noise-adaptive)"
+"""The generator as the node applies it to a calibrated model: the strength scaled by the
+image's noise (:func:`dicom_node.noise.adapt_strength`, requested strength 1)."""
 REAL_PAIRS = "real pairs"
 
 

@@ -32,6 +32,7 @@ from training.evaluation_settings import (
     INPUT,
     L1,
     NLM,
+    NODE,
     PIX2PIX,
     GroupKind,
     strength_label,
@@ -157,7 +158,7 @@ def check_targets(
         ``passed`` (None when the value is not finite).
     """
     targets: list[dict[str, Any]] = []
-    rows = [PIX2PIX, *(strength_label(s) for s in strengths if s != 1.0)]
+    rows = [PIX2PIX, NODE, *(strength_label(s) for s in strengths if s != 1.0)]
     acceptance = next(
         (
             label

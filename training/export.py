@@ -31,6 +31,7 @@ import onnx
 import torch
 
 from dicom_node.model_meta import INPUT_NAME, OUTPUT_NAME, file_sha256
+from dicom_node.noise import KEY_NOISE_FLOOR, KEY_NOISE_FULL, NoiseCalibration
 from dicom_node.pixels import read_any
 from training.checkpoint import load_generator
 from training.errors import ExportError
@@ -63,6 +64,9 @@ class ExportSettings:
         ONNX opset (17 or newer).
     tolerance, fp16_tolerance : float or None
         Parity limits; None uses :data:`FP32_TOLERANCE` / :data:`FP16_TOLERANCE`.
+    noise_calibration : NoiseCalibration or None
+        Written as ``noise_floor`` and ``noise_full`` (:mod:`training.noise_calibration`):
+        the node then scales the strength by each image's noise.
     """
 
     name: str = "cxr-pix2pix"
@@ -70,6 +74,7 @@ class ExportSettings:
     opset: int = MIN_OPSET
     tolerance: float | None = None
     fp16_tolerance: float | None = None
+    noise_calibration: NoiseCalibration | None = None
 
     def __post_init__(self) -> None:
         if not self.name.strip() or len(self.name) > 64:
@@ -238,10 +243,16 @@ def export_checkpoint(
                 f"The fp16 ONNX model differs from PyTorch by {fp16_parity.max_difference:.2e}, "
                 f"more than the tolerance {fp16_parity.tolerance:.0e}; nothing was written."
             )
+    calibration: dict[str, str] = {}
+    if settings.noise_calibration is not None:
+        calibration = {
+            KEY_NOISE_FLOOR: repr(settings.noise_calibration.floor),
+            KEY_NOISE_FULL: repr(settings.noise_calibration.full),
+        }
     props = build_metadata(
         state, generator, settings.name, settings.version, evaluation_data, export_info
     )
-    set_metadata(model, props)
+    set_metadata(model, {**props, **calibration})
     _write(model, output)
     report = ExportReport(output, file_sha256(output), parity)
     if fp16_output is not None and fp16_model is not None and fp16_parity is not None:
@@ -253,6 +264,7 @@ def export_checkpoint(
                     state, generator, settings.name, settings.version, evaluation_data, fp16_info
                 ),
                 "model_version": f"{settings.version}-fp16"[:64],
+                **calibration,
             },
         )
         _write(fp16_model, fp16_output)
