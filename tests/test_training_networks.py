@@ -226,3 +226,25 @@ def test_one_pixel_lines_do_not_ring(position: str) -> None:
     # And the line itself keeps most of its contrast.
     contrast = out[32:-32, column].mean() - out[32:-32, column + 5].mean()
     assert contrast > 0.8 * 0.2
+
+
+def test_training_mode_clamps_values_but_keeps_a_gradient_outside_the_range() -> None:
+    import torch
+
+    from training.networks import GeneratorConfig, ResidualEnhancer
+
+    model = ResidualEnhancer(GeneratorConfig(ngf=4))
+    # A residual branch that pushes every pixel far out of [0, 1] without saturating.
+    model.unet = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        model.unet.weight.fill_(5.0)
+        model.unet.bias.fill_(3.0)
+    image = torch.full((1, 1, 8, 8), 0.9)
+    model.train()
+    out = model(image)
+    assert float(out.max()) == 1.0 and float(out.min()) == 1.0  # clamped values
+    torch.nn.functional.l1_loss(out, torch.full_like(out, 0.5)).backward()
+    assert model.unet.bias.grad is not None and float(model.unet.bias.grad) > 0  # it can come back
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(image), out.detach())  # the same values at inference

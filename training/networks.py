@@ -241,7 +241,8 @@ class ResidualEnhancer(nn.Module):
     """The generator as the node runs it: [0, 1] in, [0, 1] out.
 
     ``enhanced = clamp(((2x - 1) + s · unet(2x - 1) + 1) / 2, 0, 1)`` with
-    ``s`` the residual scale. This is the module that is trained and exported.
+    ``s`` the residual scale. This is the module that is trained and exported;
+    in training mode the clamp passes its gradient straight through.
     """
 
     def __init__(self, config: GeneratorConfig) -> None:
@@ -253,7 +254,13 @@ class ResidualEnhancer(nn.Module):
         """Enhance a (N, 1, H, W) float image in [0, 1]; H, W multiples of 256."""
         scaled = image * 2.0 - 1.0
         corrected = scaled + self.config.residual_scale * self.unet(scaled)
-        return torch.clamp((corrected + 1.0) * 0.5, 0.0, 1.0)
+        out = (corrected + 1.0) * 0.5
+        if self.training:
+            # Clamped values with a straight-through gradient: a plain clamp has no
+            # gradient outside [0, 1], so one step that pushes every pixel out of range
+            # stalls the training at a constant output (seen on CPU at lr 5e-4).
+            return out + (out.clamp(0.0, 1.0) - out).detach()
+        return torch.clamp(out, 0.0, 1.0)
 
 
 class PatchDiscriminator(nn.Module):
