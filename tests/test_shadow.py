@@ -190,3 +190,28 @@ def test_housekeeping_treats_shadow_outputs_like_other_derived_files(
     with node.runtime.session() as session:
         assert session.scalars(select(DerivedInstance)).all() == []
         assert session.scalars(select(Job)).all() == []
+
+
+def test_the_configuration_at_processing_time_decides(
+    tmp_path: Path, sink: SinkSCP, small_dataset: Dataset
+) -> None:
+    # A job routed by the shadow rule but processed after go-live is sent: the
+    # worker reads `send` when it runs the job, as it reads `strength`.
+    model = make_smoothing_model(tmp_path / "smoother.onnx")
+    workdir = tmp_path / "node"
+    source = _fresh(small_dataset)
+    before = InProcessNode(workdir, rules=RULES, destinations=[sink.destination()], model=model)
+    try:
+        assert before.store(source, calling_ae=SHADOW_AET) == 0x0000
+    finally:
+        before.close()
+    live_rules = [{**RULES[0], "send": True}, RULES[1]]
+    after = InProcessNode(workdir, rules=live_rules, destinations=[sink.destination()], model=model)
+    try:
+        after.pump()
+        job, dispatches, _derived = _job(after, source.SOPInstanceUID)
+        assert (job.rule, job.state, job.shadow) == ("new-model", "done", False)
+        assert [d.state for d in dispatches] == ["sent"]
+        assert len(sink.received) == 1
+    finally:
+        after.close()
