@@ -52,6 +52,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"  destination {dest.name}: {dest.ae_title}@{dest.host}:{dest.port}")
     for rule in config.rules:
         targets = ", ".join(rule.destinations) or "all destinations"
+        if not rule.send:
+            targets = f"none (shadow: kept, not sent; {targets} once send = true)"
         strength = ""
         if rule.action == "enhance":
             strength = f", strength {format_strength(rule_strength(config, rule))}"

@@ -48,6 +48,7 @@ from dicom_node.config_sections import (
 from dicom_node.config_types import (
     DEFAULT_STRENGTH,
     AETitles,
+    Bool,
     NonEmpty,
     OptionalStrength,
     Regex,
@@ -94,14 +95,18 @@ class Rule:
     `body_part_examined` matches an absent or empty BodyPartExamined.
     `strength` (``enhance`` rules only) overrides ``[model] strength`` for
     the instances this rule matches; None uses ``[model] strength``.
+    `send` false makes an ``enhance`` rule a shadow rule: its derived
+    objects are made, kept and audited like any other but sent to no
+    destination (to validate a model on the site's own traffic).
 
     Raises
     ------
     TypeError
         If a value has the wrong type (`strength` not a number, say).
     ValueError
-        If `strength` is outside [0, 1], or set on a rule whose action is
-        not ``enhance``, or another value is invalid.
+        If `strength` is outside [0, 1], or `strength` or ``send = false``
+        is set on a rule whose action is not ``enhance``, or another value
+        is invalid.
     """
 
     name: NonEmpty
@@ -114,14 +119,26 @@ class Rule:
     calling_aet: AETitles = ()
     series_description: Regex = ""
     strength: OptionalStrength = None
+    send: Bool = True
 
     @model_validator(mode="after")
-    def _strength_only_on_enhance(self) -> Rule:
+    def _enhance_only_keys(self) -> Rule:
         if self.strength is not None and self.action != "enhance":
             raise bad_value(
                 f"is not allowed on a {self.action!r} rule; only an enhance rule has a strength.",
                 field="strength",
                 value=self.strength,
+            )
+        if not self.send and self.action != "enhance":
+            why = {
+                "forward": "forwarding without sending does nothing",
+                "ignore": "an ignored instance is never sent anyway",
+            }[self.action]
+            raise bad_value(
+                f"is not allowed with action {self.action!r} ({why}); only an enhance rule "
+                "can keep its outputs unsent.",
+                field="send",
+                value=self.send,
             )
         return self
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CursorResult,
     DateTime,
     Engine,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
@@ -100,7 +102,9 @@ class Job(Base):
     States: ``queued`` → ``running`` → ``sending`` → ``done``, or ``failed``
     (a permanent error) or ``dead_lettered`` (attempts exhausted). ``sending``
     means the processing is finished and the outputs wait in
-    :class:`Dispatch` rows.
+    :class:`Dispatch` rows. `shadow` is set when the job completes: true when
+    its rule was a shadow rule (``send = false``), so its outputs were kept
+    and not sent; it stays what it was whatever the configuration says later.
     """
 
     __tablename__ = "jobs"
@@ -124,6 +128,7 @@ class Job(Base):
     processed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     instance: Mapped[Instance] = relationship(back_populates="jobs")
     dispatches: Mapped[list[Dispatch]] = relationship(back_populates="job", order_by="Dispatch.id")

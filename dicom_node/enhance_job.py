@@ -5,7 +5,9 @@ infers, applies the strength (the routing rule's, else ``[model]
 strength``; see :mod:`dicom_node.strength`), derives and encodes. The
 derived file is written atomically to the spool and its audit row (source
 UIDs, model hash, strength, provider, stage timings) is committed in the
-same transaction that completes the job; the dispatcher then sends it.
+same transaction that completes the job; the dispatcher then sends it,
+unless the job's rule is a shadow rule (``send = false``): the file and its
+audit row are kept exactly the same, and nothing is sent.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dicom_node.jobs import ClaimedJob, Output
 from dicom_node.logs import log_event
 from dicom_node.outcome import ProcessResult
 from dicom_node.pipeline import enhance_instance
-from dicom_node.routing import enhance_strength
+from dicom_node.routing import enhance_sends, enhance_strength
 from dicom_node.runtime import Runtime
 from dicom_node.spool import spool_path, write_atomic
 from dicom_node.timings import StageTimings, Stopwatch
@@ -106,4 +108,5 @@ def enhance_job(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
         ],
         timings=timings,
         audit=audit_fn,
+        send=enhance_sends(config, job.rule),
     )

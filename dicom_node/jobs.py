@@ -154,6 +154,8 @@ def complete_processing(
     outputs: list[Output],
     timings: dict[str, float] | None = None,
     session_extra: Callable[[Session], None] | None = None,
+    *,
+    send: bool = True,
 ) -> bool:
     """Record a job's outputs and queue them for its destinations.
 
@@ -170,6 +172,9 @@ def complete_processing(
     session_extra : callable, optional
         ``session_extra(session)`` runs inside the same transaction (used to
         write audit rows atomically with the completion).
+    send : bool, optional
+        False for a shadow rule's job: the outputs are kept, no dispatch is
+        created, the job is ``done`` and ``jobs.shadow`` records why.
 
     Returns
     -------
@@ -180,8 +185,10 @@ def complete_processing(
     """
     with runtime.session() as session, session.begin():
         now = utcnow()
-        new = JobState.SENDING if outputs and job.destinations else JobState.DONE
+        destinations = job.destinations if send else ()
+        new = JobState.SENDING if outputs and destinations else JobState.DONE
         values: dict[str, Any] = {
+            "shadow": not send,
             "processed_at": now,
             "owner": None,
             "lease_until": None,
@@ -200,7 +207,7 @@ def complete_processing(
             return False
         if session_extra is not None:
             session_extra(session)
-        dispatch_queue.enqueue(session, job.id, outputs, job.destinations, now)
+        dispatch_queue.enqueue(session, job.id, outputs, destinations, now)
     log_event(
         logger,
         "job.processed",
@@ -208,7 +215,8 @@ def complete_processing(
         action=job.action,
         sop_instance_uid=job.sop_instance_uid,
         outputs=len(outputs),
-        destinations=",".join(job.destinations) or None,
+        destinations=",".join(destinations) or None,
+        shadow=not send or None,
         state=new,
         **ms_fields(timings or {}),
     )

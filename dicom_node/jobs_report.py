@@ -1,6 +1,9 @@
 """Read-only views of the queue for ``dicom-node jobs list`` and ``jobs show``.
 
-Patient identifiers are not shown: jobs are identified by UIDs.
+Patient identifiers are not shown: jobs are identified by UIDs. A shadow
+rule's job (``send = false``) is reported as such: ``shadow`` true in both
+views, ``enhance (shadow)`` in the table and an ``outputs: kept, not sent``
+line in the detail, from ``jobs.shadow`` recorded when the job completed.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def list_jobs(runtime: Runtime, state: str | None = None, limit: int = 50) -> li
                 "id": job.id,
                 "state": job.state,
                 "action": job.action,
+                "shadow": job.shadow,
                 "attempts": job.attempts,
                 "created_at": job.created_at,
                 "sop_instance_uid": instance.sop_instance_uid,
@@ -74,6 +78,7 @@ def show_job(runtime: Runtime, job_id: int) -> dict[str, Any] | None:
             "state": job.state,
             "action": job.action,
             "rule": job.rule,
+            "shadow": job.shadow,
             "attempts": job.attempts,
             "recoveries": job.recoveries,
             "completions": job.completions,
@@ -146,7 +151,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             (
                 str(row["id"]),
                 row["state"],
-                row["action"],
+                f"{row['action']} (shadow)" if row["shadow"] else row["action"],
                 str(row["attempts"]),
                 row["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
                 row["sop_instance_uid"],
@@ -178,6 +183,8 @@ def format_detail(detail: dict[str, Any]) -> str:
     lines = [
         f"Job {detail['id']}: {detail['state']} ({detail['action']}, rule {_fmt(detail['rule'])})"
     ]
+    if detail["shadow"]:
+        lines.append(f"  outputs: kept, not sent (shadow rule {detail['rule']!r})")
     for key in (
         "attempts",
         "recoveries",

@@ -23,3 +23,5 @@ class ProcessResult:
     outputs: list[Output]
     timings: dict[str, float] = field(default_factory=dict)
     audit: Callable[[Session], None] | None = None
+    send: bool = True
+    """False: keep the outputs and send them nowhere (a shadow rule's job)."""

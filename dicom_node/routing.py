@@ -6,7 +6,9 @@ An instance this node produced is never processed again (loop prevention),
 whatever the rules say; :func:`dicom_node.provenance.produced_by_node` decides
 what is the node's own output (``InstanceInfo.produced_by_node``). The
 strength of an ``enhance`` is the matching rule's ``strength`` when it sets
-one, else ``[model] strength`` (:func:`enhance_strength`).
+one, else ``[model] strength`` (:func:`enhance_strength`). An ``enhance``
+rule with ``send = false`` is a shadow rule: its outputs are kept, not sent
+(:func:`enhance_sends`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Route:
     reason: str
     strength: float | None = None
     """For ``enhance``: the share of the generator's correction to apply."""
+    send: bool = True
+    """False for a shadow rule: the outputs are kept, not sent to `destinations`."""
 
 
 def rule_strength(config: Config, rule: Rule) -> float:
@@ -48,6 +52,23 @@ def enhance_strength(config: Config, rule: str | None) -> float:
         if candidate.name == rule and candidate.action == "enhance":
             return rule_strength(config, candidate)
     return config.model.strength
+
+
+def enhance_sends(config: Config, rule: str | None) -> bool:
+    """Whether the outputs of an ``enhance`` job routed by the rule named `rule` are sent.
+
+    Like :func:`enhance_strength`, the worker asks when it processes the job,
+    so the current configuration decides (turning ``send`` on for go-live
+    also sends the jobs still queued). The first ``enhance`` rule of that
+    name gives its ``send``; a name that no configured ``enhance`` rule has
+    keeps the default: the outputs go to the destinations recorded at routing.
+    What was decided is recorded on the job when it completes
+    (``jobs.shadow``), so a later configuration change does not rewrite it.
+    """
+    for candidate in config.rules:
+        if candidate.name == rule and candidate.action == "enhance":
+            return candidate.send
+    return True
 
 
 def rule_matches(rule: Rule, info: InstanceInfo, calling_aet: str) -> bool:
@@ -82,7 +103,8 @@ def route(config: Config, info: InstanceInfo, calling_aet: str) -> Route:
     -------
     Route
         Action ``enhance``, ``forward`` or ``ignore``, the matching rule and
-        the destination names (all destinations when the rule names none).
+        the destination names (all destinations when the rule names none);
+        `send` is false for a shadow rule.
     """
     if info.produced_by_node:
         return Route("ignore", None, (), "produced by this node (ContributingEquipmentSequence)")
@@ -92,5 +114,8 @@ def route(config: Config, info: InstanceInfo, calling_aet: str) -> Route:
                 return Route("ignore", rule.name, (), f"rule {rule.name!r} says ignore")
             names = rule.destinations or tuple(d.name for d in config.destinations)
             strength = rule_strength(config, rule) if rule.action == "enhance" else None
-            return Route(rule.action, rule.name, names, f"matched rule {rule.name!r}", strength)
+            reason = f"matched rule {rule.name!r}"
+            if not rule.send:
+                reason += " (shadow: outputs kept, not sent)"
+            return Route(rule.action, rule.name, names, reason, strength, rule.send)
     return Route("ignore", None, (), "no rule matches")

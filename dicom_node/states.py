@@ -37,7 +37,8 @@ class JobState(StrEnum):
     SENDING = "sending"
     """Processed; its outputs wait in dispatches."""
     DONE = "done"
-    """Every output was stored by its destination (or there was none)."""
+    """Every output was stored by its destination (or there was none, or a shadow
+    rule kept them unsent: ``jobs.shadow``)."""
     FAILED = "failed"
     """A permanent error: retrying cannot fix it."""
     DEAD_LETTERED = "dead_lettered"

@@ -89,7 +89,7 @@ def _run(runtime: Runtime, job: ClaimedJob) -> None:
         return
     timings: dict[str, Any] = dict(result.timings)
     timings.setdefault("process", (time.perf_counter() - start) * 1000)
-    complete_processing(runtime, job, result.outputs, timings, result.audit)
+    complete_processing(runtime, job, result.outputs, timings, result.audit, send=result.send)
 
 
 def drain(runtime: Runtime, limit: int | None = None) -> int:

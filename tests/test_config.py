@@ -159,6 +159,8 @@ CODE_CASES: list[tuple[Callable[[], object], type[Exception], str]] = [
         ValueError,
         "rules[0].destinations: 'pacs' is not a configured destination.",
     ),
+    (lambda: Rule(name="r", action="forward", send=False), ValueError, "send: False is not"),
+    (lambda: Rule(name="r", action="enhance", send="no"), TypeError, "send: 'no' is not a bool"),  # type: ignore[arg-type]
     (lambda: replace(ModelSettings(), tile_size=1000), ValueError, "tile_size: 1000"),
     (lambda: replace(ModelSettings(), strength=2), ValueError, "strength: 2 is out of range"),
 ]
@@ -318,6 +320,10 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "rules[0].strength",
         "0.7",
     ),
+    ({"rules": [{"name": "r", "action": "enhance", "send": "no"}]}, "rules[0].send", "'no'"),
+    ({"rules": [{"name": "r", "action": "enhance", "send": 0}]}, "rules[0].send", "0"),
+    ({"rules": [{"name": "r", "action": "forward", "send": False}]}, "rules[0].send", "False"),
+    ({"rules": [{"name": "r", "action": "ignore", "send": False}]}, "rules[0].send", "False"),
     ({"node": {"colour": "blue"}}, "[node]", "'colour'"),
     ({"nodes": {}}, "configuration", "'nodes'"),
 ]
@@ -352,6 +358,42 @@ def test_strength_messages_say_what_is_wrong() -> None:
                 ]
             }
         )
+
+
+def test_send_defaults_to_true_and_only_an_enhance_rule_can_turn_it_off() -> None:
+    assert all(rule.send for rule in parse({}).rules)
+    config = parse(
+        {
+            "rules": [
+                {"name": "shadow", "action": "enhance", "send": False},
+                {"name": "live", "action": "enhance", "send": True},
+                {"name": "plain", "action": "enhance"},
+                {"name": "fwd", "action": "forward", "send": True},
+                {"name": "skip", "action": "ignore"},
+            ]
+        }
+    )
+    assert [rule.send for rule in config.rules] == [False, True, True, True, True]
+    assert Rule(name="s", action="enhance", send=False).send is False
+    with pytest.raises(
+        ConfigError,
+        match=r"^rules\[1\]\.send: False is not allowed with action 'forward' \(forwarding "
+        r"without sending does nothing\); only an enhance rule can keep its outputs unsent\.$",
+    ):
+        parse(
+            {
+                "rules": [
+                    {"name": "e", "action": "enhance", "send": False},
+                    {"name": "f", "action": "forward", "send": False},
+                ]
+            }
+        )
+    with pytest.raises(
+        ConfigError, match=r"^rules\[0\]\.send: False is not allowed with action 'ignore'"
+    ):
+        parse({"rules": [{"name": "i", "action": "ignore", "send": False}]})
+    with pytest.raises(ConfigError, match=r"^rules\[0\]\.send: 'false' is not a boolean"):
+        parse({"rules": [{"name": "e", "action": "enhance", "send": "false"}]})
 
 
 def test_missing_required_destination_key() -> None:
@@ -404,6 +446,16 @@ def test_a_bad_environment_value_names_the_key(tmp_path: Path) -> None:
         load_config(path, environ={"DICOM_NODE_NODE_PROT": "11112"})
 
 
+def test_rules_have_no_environment_overrides(tmp_path: Path) -> None:
+    # Overrides follow the types: only the tables (sections) have them, and
+    # `rules` is an array of tables, so `send` is set in the file only.
+    path = tmp_path / "node.toml"
+    path.write_text(to_toml({"rules": [{"name": "e", "action": "enhance", "send": False}]}))
+    with pytest.raises(ConfigError, match=r"^DICOM_NODE_RULES_SEND: unknown setting"):
+        load_config(path, environ={"DICOM_NODE_RULES_SEND": "true"})
+    assert load_config(path, environ={}).rules[0].send is False
+
+
 def test_overrides_do_not_modify_the_parsed_document() -> None:
     raw = {"node": {"port": 1}}
     merged = apply_env_overrides(raw, {"DICOM_NODE_NODE_PORT": "2"})
@@ -427,7 +479,7 @@ def test_the_example_configuration_is_valid_and_documents_every_key(tmp_path: Pa
         "ae_title", "host", "port", "allowed_calling_aets", "max_associations",
         "data_dir", "database_url", "retention_days",
         "name", "action", "destinations",
-        "strength",
+        "strength", "send",
     }  # fmt: skip
     assert keys <= documented, f"undocumented keys: {sorted(keys - documented)}"
     assert "#" in text and raw  # commented, and not empty
@@ -452,6 +504,8 @@ CLI_CASES = [
         "rules[0].strength",
         "0.7",
     ),
+    ('[[rules]]\nname = "f"\naction = "forward"\nsend = false\n', "rules[0].send", "False"),
+    ('[[rules]]\nname = "e"\naction = "enhance"\nsend = "no"\n', "rules[0].send", "'no'"),
 ]
 
 
@@ -524,6 +578,7 @@ def test_config_check_shows_the_strengths(tmp_path: Path) -> None:
                     {"name": "soft", "action": "enhance", "strength": 0.7},
                     {"name": "plain", "action": "enhance"},
                     {"name": "fwd", "action": "forward"},
+                    {"name": "shadow", "action": "enhance", "send": False},
                 ],
             }
         )
@@ -535,6 +590,10 @@ def test_config_check_shows_the_strengths(tmp_path: Path) -> None:
     assert "  rule soft: enhance -> all destinations, strength 0.70" in lines
     assert "  rule plain: enhance -> all destinations, strength 0.80" in lines
     assert "  rule fwd: forward -> all destinations" in lines
+    assert (
+        "  rule shadow: enhance -> none (shadow: kept, not sent; all destinations once "
+        "send = true), strength 0.80"
+    ) in lines
 
 
 @pytest.mark.network

@@ -79,6 +79,8 @@ def test_a_database_made_before_migrations_is_upgraded(tmp_path: Path, with_stre
             rows = conn.execute(text("SELECT sop_instance_uid, strength FROM derived_instances"))
             assert rows.all() == [("2.25.1", None)]
             assert conn.execute(text("SELECT state FROM jobs")).scalar_one() == "done"
+            # A job from before shadow rules sent its outputs (revision 0002).
+            assert not conn.execute(text("SELECT shadow FROM jobs")).scalar_one()
     finally:
         engine.dispose()
 

@@ -10,7 +10,7 @@ from dicom_factory import BASIC_TEXT_SR, CR, CT, DX_PRESENTATION, SC, xray
 from dicom_node.config import Destination, parse_config
 from dicom_node.dataset_info import InstanceInfo, info_from_dataset
 from dicom_node.errors import ConfigError
-from dicom_node.routing import route
+from dicom_node.routing import enhance_sends, route
 
 DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 DESTS = [
@@ -108,6 +108,30 @@ def test_first_matching_rule_wins_and_names_destinations() -> None:
     assert (pa.action, pa.rule, pa.destinations) == ("enhance", "pa-only", ("pacs",))
     ap = route(cfg, info(view_position="AP"), "ROOM1")
     assert (ap.action, ap.rule) == ("ignore", "rest")
+
+
+def test_a_shadow_rule_routes_to_enhance_without_sending() -> None:
+    cfg = config(
+        [
+            {"name": "new-model", "action": "enhance", "calling_aet": ["ROOM9"], "send": False},
+            {"name": "live", "action": "enhance", "destinations": ["pacs"]},
+        ]
+    )
+    shadow = route(cfg, info(), "ROOM9")
+    assert (shadow.action, shadow.rule, shadow.send) == ("enhance", "new-model", False)
+    assert shadow.reason == "matched rule 'new-model' (shadow: outputs kept, not sent)"
+    # The destinations it would use once live are still routed and recorded.
+    assert shadow.destinations == ("pacs", "research")
+    live = route(cfg, info(), "ROOM1")
+    assert (live.rule, live.send, live.reason) == ("live", True, "matched rule 'live'")
+    # The worker asks by rule name when it processes the job: the current
+    # configuration decides; a name no enhance rule has keeps the default.
+    assert enhance_sends(cfg, "new-model") is False
+    assert enhance_sends(cfg, "live") is True
+    assert enhance_sends(cfg, "renamed") is True
+    assert enhance_sends(cfg, None) is True
+    forward = config([{"name": "new-model", "action": "forward"}])
+    assert enhance_sends(forward, "new-model") is True
 
 
 def test_series_description_regex() -> None:

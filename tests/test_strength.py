@@ -212,6 +212,7 @@ def test_an_older_database_gets_the_strength_column(tmp_path: Path) -> None:
     engine = make_engine(storage)
     with engine.begin() as conn:  # as the node left it before migrations and before strength
         conn.execute(text("ALTER TABLE derived_instances DROP COLUMN strength"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN shadow"))  # added by revision 0002
         conn.execute(text("DROP TABLE alembic_version"))
     assert "strength" not in {c["name"] for c in inspect(engine).get_columns("derived_instances")}
     engine.dispose()

@@ -20,6 +20,8 @@ def make_legacy_database(url: str, with_strength: bool) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
         Base.metadata.create_all(conn)
+        # Columns added by revisions after 0001 did not exist before migrations.
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN shadow"))
         if not with_strength:
             conn.execute(text("ALTER TABLE derived_instances DROP COLUMN strength"))
         now = dt.datetime(2026, 1, 2, 3, 4, 5)
