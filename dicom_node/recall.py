@@ -24,7 +24,8 @@ at it instead of at a job, would have needed every reader of
 Headers come from the derived files in the spool, read without pixel data. A
 derived instance whose file has been purged cannot be referenced: it is listed
 in the recall's ``missing`` and in the command's output, never dropped silently.
-Outputs of the model that were still waiting to be sent are dead-lettered.
+Outputs of the model that were still waiting to be sent are dead-lettered,
+and ``jobs retry`` never re-queues them (it processes the source again).
 Recalling a model again changes nothing and reports the first recall.
 """
 
@@ -52,6 +53,7 @@ from dicom_node.config import Config
 from dicom_node.db import DerivedInstance, Dispatch, Instance, Job, Recall, Series, Study, utcnow
 from dicom_node.dispatch_queue import Output
 from dicom_node.errors import ConfigError
+from dicom_node.jobs import settle_jobs
 from dicom_node.logs import log_event
 from dicom_node.processes import this_host
 from dicom_node.recall_report import describe_recall, find_recall, known_models, match_model
@@ -166,9 +168,14 @@ def _record_note(
 
 
 def _cancel_unsent(session: Session, sha256: str, reason: str) -> int:
-    """Dead-letter the model's outputs still waiting to be sent; return how many."""
-    pending = session.scalars(
-        select(Dispatch.id)
+    """Dead-letter the model's outputs still waiting to be sent; return how many.
+
+    Their jobs are settled (``dead_lettered``); ``jobs retry`` then processes
+    the source again (:func:`dicom_node.dispatch_queue.requeue_dead` never
+    re-queues a recalled output).
+    """
+    pending = session.execute(
+        select(Dispatch.id, Dispatch.job_id)
         .join(
             DerivedInstance,
             (DerivedInstance.job_id == Dispatch.job_id)
@@ -179,8 +186,10 @@ def _cancel_unsent(session: Session, sha256: str, reason: str) -> int:
             Dispatch.state == DispatchState.PENDING.value,
         )
     ).all()
-    return sum(
-        transition(
+    job_ids = {
+        job_id
+        for dispatch_id, job_id in pending
+        if transition(
             session,
             Dispatch,
             dispatch_id,
@@ -189,8 +198,9 @@ def _cancel_unsent(session: Session, sha256: str, reason: str) -> int:
             held_by=ANY_OWNER,
             last_error=f"not sent: model {sha256[:16]} was recalled ({reason})",
         )
-        for dispatch_id in pending
-    )
+    }
+    settle_jobs(session, job_ids)
+    return sum(1 for _dispatch_id, job_id in pending if job_id in job_ids)
 
 
 Planned = tuple[Dataset, tuple[str, ...], tuple[str, ...], Path, int]

@@ -33,6 +33,7 @@ from dicom_node import jobs_report
 from dicom_node.cli import main
 from dicom_node.db import DerivedInstance, Dispatch, Job, Recall
 from dicom_node.errors import ConfigError
+from dicom_node.jobs import retry
 from dicom_node.model_meta import file_sha256
 from dicom_node.recall_report import KnownModel, match_model
 
@@ -233,6 +234,17 @@ def test_outputs_not_sent_yet_are_cancelled_not_sent_later(
         with node.runtime.session() as session:
             (dispatch,) = session.scalars(select(Dispatch)).all()
             assert dispatch.state == "dead" and "recalled" in (dispatch.last_error or "")
+            (job,) = session.scalars(select(Job)).all()
+            assert job.state == "dead_lettered"
+        # jobs retry never re-sends a recalled output: it processes the source again,
+        # which the recalled model refuses.
+        assert retry(node.runtime, job.id) == f"Job {job.id} re-queued for processing."
+        node.pump()
+        assert sink.received == []
+        with node.runtime.session() as session:
+            again = session.get(Job, job.id)
+            assert again is not None and again.state == "failed"
+            assert "was recalled" in (again.error or "")
     finally:
         node.close()
         sink.stop()
