@@ -39,13 +39,12 @@ def _recall_of(config: Config, sha256: str) -> Recall | None:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    """Show the loaded model's metadata and the execution provider."""
+    """Show the loaded model's metadata, the execution provider and a recall, if any."""
     from dicom_node.inference import get_enhancer
+    from dicom_node.recall_report import describe_recall
 
     config = load(args, missing_ok=True)
     settings = with_model_file(config.model, args.model)
-    from dicom_node.recall_report import describe_recall
-
     enhancer = get_enhancer(settings)
     info: dict[str, Any] = {}
     for key, value in enhancer.describe().items():
