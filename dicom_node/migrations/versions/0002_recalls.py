@@ -23,7 +23,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Create ``recalls`` and add ``jobs.recall_id`` (with its index) where missing."""
+    """Create ``recalls``, ``jobs.recall_id`` and its index, each where missing."""
     inspector = sa.inspect(op.get_bind())
     if "recalls" not in inspector.get_table_names():
         op.create_table(
@@ -49,12 +49,20 @@ def upgrade() -> None:
                 "jobs",
                 sa.Column("recall_id", sa.Integer(), sa.ForeignKey("recalls.id"), nullable=True),
             )
+    if "ix_jobs_recall_id" not in {i["name"] for i in inspector.get_indexes("jobs")}:
         op.create_index("ix_jobs_recall_id", "jobs", ["recall_id"])
 
 
 def downgrade() -> None:
-    """Drop ``jobs.recall_id`` and ``recalls``."""
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_index("ix_jobs_recall_id")
-        batch.drop_column("recall_id")
+    """Drop ``recalls`` and ``jobs.recall_id``.
+
+    SQLite cannot drop a column that is in a foreign key, and copying ``jobs``
+    without it breaks the foreign keys of the tables that reference ``jobs``
+    inside the migration's transaction: there the column stays, emptied and
+    without its index (an upgrade to 0002 uses it again).
+    """
+    op.execute("UPDATE jobs SET recall_id = NULL")
+    op.drop_index("ix_jobs_recall_id", table_name="jobs")
+    if op.get_bind().dialect.name != "sqlite":
+        op.drop_column("jobs", "recall_id")
     op.drop_table("recalls")
