@@ -19,7 +19,13 @@ from dicom_node import __version__
 from dicom_node.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError, load
 from dicom_node.cli_db import cmd_db
 from dicom_node.cli_jobs import cmd_jobs
-from dicom_node.cli_model import cmd_enhance, cmd_model_info, cmd_model_install, cmd_model_list
+from dicom_node.cli_model import (
+    cmd_enhance,
+    cmd_model_info,
+    cmd_model_install,
+    cmd_model_list,
+    cmd_model_recall,
+)
 from dicom_node.cli_node import cmd_echo, cmd_serve
 from dicom_node.errors import ConfigError, NodeError
 from dicom_node.migrations import SchemaVersionError
@@ -147,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing = model_sub.add_parser("list", parents=[common], help="list the installed models")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_model_list)
+    recall = model_sub.add_parser(
+        "recall",
+        parents=[common],
+        help="stop using a model and send IOCM rejection notes for everything it made",
+    )
+    recall.add_argument("prefix", metavar="SHA256_PREFIX", help="8 to 64 hex digits of its SHA-256")
+    recall.add_argument("--reason", required=True, metavar="TEXT", help="why (shown in the notes)")
+    recall.set_defaults(func=cmd_model_recall)
 
     enh = sub.add_parser("enhance", parents=[common], help="enhance files offline")
     enh.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM, PNG, TIFF or JPEG files")

@@ -1,4 +1,4 @@
-"""``dicom-node model info|install|list`` and ``dicom-node enhance`` (offline files)."""
+"""``dicom-node model info|install|list|recall`` and ``dicom-node enhance`` (offline files)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,42 @@ import argparse
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dicom_node.cli_common import EXIT_FAILURE, EXIT_OK, load, with_model_file
-from dicom_node.config import check_strength
-from dicom_node.errors import ConfigError
+from dicom_node.cli_common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CommandError,
+    database_reason,
+    load,
+    open_runtime,
+    with_model_file,
+)
+from dicom_node.config import Config, check_strength
+from dicom_node.errors import ConfigError, NodeError
+
+if TYPE_CHECKING:
+    from dicom_node.db import Recall
+
+
+def _recall_of(config: Config, sha256: str) -> Recall | None:
+    """The recall of the model `sha256` in the node's database (None: not recalled)."""
+    from dicom_node.recall_report import recall_for_model
+
+    try:
+        return recall_for_model(config, sha256)
+    except NodeError:
+        raise
+    except Exception as exc:  # sqlalchemy errors: unreachable database
+        raise CommandError(
+            f"Cannot read the recalls from the database: {database_reason(exc)}"
+        ) from exc
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    """Show the loaded model's metadata and the execution provider."""
+    """Show the loaded model's metadata, the execution provider and a recall, if any."""
     from dicom_node.inference import get_enhancer
+    from dicom_node.recall_report import describe_recall
 
     config = load(args, missing_ok=True)
     settings = with_model_file(config.model, args.model)
@@ -25,6 +51,9 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         info[key] = value
         if key == "path":
             info["source"] = settings.source
+    recall = _recall_of(config, enhancer.metadata.sha256)
+    if recall is not None:
+        info["recalled"] = describe_recall(recall)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -116,10 +145,32 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--strength: {args.strength} is out of range; expected 0 to 1."
             ) from exc
+    from dicom_node.inference import get_enhancer
+    from dicom_node.recall_report import refuse_recalled
+
     config = load(args, missing_ok=True)
     if args.model:
         config = replace(config, model=with_model_file(config.model, args.model))
+    refuse_recalled(
+        _recall_of(config, get_enhancer(config.model).metadata.sha256), "dicom-node enhance"
+    )
     failures = enhance_files(
         config, [Path(p) for p in args.inputs], Path(args.output), strength=strength
     )
     return EXIT_FAILURE if failures else EXIT_OK
+
+
+def cmd_model_recall(args: argparse.Namespace) -> int:
+    """Recall a model: refuse it from now on and queue IOCM rejection notes for its outputs."""
+    from dicom_node.recall import recall_model, summary
+    from dicom_node.recall_report import note_status
+
+    config = load(args, installed_model=False)
+    runtime = open_runtime(config)
+    try:
+        outcome = recall_model(runtime, args.prefix, args.reason)
+        for line in summary(outcome, note_status(runtime, outcome.recall.id)):
+            print(line)
+    finally:
+        runtime.close()
+    return EXIT_OK

@@ -31,6 +31,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             enhancer = get_enhancer(config.model)
         except NodeError as exc:
             raise ConfigError(f"model: {exc}") from exc
+        from dicom_node.recall_report import find_recall, refuse_recalled
+
+        with runtime.session() as session:
+            recall = find_recall(session, enhancer.metadata.sha256)
+        if recall is not None:
+            runtime.close()
+        refuse_recalled(recall, "dicom-node serve")
         log_event(logger, "model.loaded", source=config.model.source, **enhancer.describe())
         import dicom_node.enhance_job  # noqa: F401 - import now, not during the first job
     service = NodeService(runtime)

@@ -129,6 +129,8 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    recall_id: Mapped[int | None] = mapped_column(ForeignKey("recalls.id"), index=True)
+    """The :class:`Recall` whose rejection note this job sends (None for received work)."""
 
     instance: Mapped[Instance] = relationship(back_populates="jobs")
     dispatches: Mapped[list[Dispatch]] = relationship(back_populates="job", order_by="Dispatch.id")
@@ -214,6 +216,28 @@ class DerivedInstance(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="derived")
+
+
+class Recall(Base):
+    """A model taken out of use by ``dicom-node model recall`` (:mod:`dicom_node.recall`).
+
+    Kept for good, as an audit record: retention never deletes it. `notes`
+    lists the rejection notes sent (study, note UID, destinations, rejected
+    UIDs); `missing` the derived instances that could not get one because
+    their spool file was purged.
+    """
+
+    __tablename__ = "recalls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    recalled_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    recalled_by: Mapped[str] = mapped_column(String(255))
+    notes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    missing: Mapped[list[str]] = mapped_column(JSON, default=list)
 
 
 class Worker(Base):

@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from dicom_node.db import DerivedInstance, Dispatch, DispatchAttempt, utcnow
+from dicom_node.db import DerivedInstance, Dispatch, DispatchAttempt, Recall, utcnow
 from dicom_node.errors import DispatchError
 from dicom_node.logs import log_event
 from dicom_node.retry import Decision, RetryPolicy
@@ -101,10 +101,18 @@ def enqueue(
 
 
 def requeue_dead(session: Session, job_id: int, now: dt.datetime) -> int:
-    """Put the dead dispatches of job `job_id` back to ``pending``; return how many."""
+    """Put the dead dispatches of job `job_id` back to ``pending``; return how many.
+
+    An output of a recalled model (:mod:`dicom_node.recall`) stays dead.
+    """
+    recalled = select(DerivedInstance.sop_instance_uid).join(
+        Recall, Recall.model_sha256 == DerivedInstance.model_sha256
+    )
     dead = session.scalars(
         select(Dispatch.id).where(
-            Dispatch.job_id == job_id, Dispatch.state == DispatchState.DEAD.value
+            Dispatch.job_id == job_id,
+            Dispatch.state == DispatchState.DEAD.value,
+            Dispatch.sop_instance_uid.not_in(recalled),
         )
     ).all()
     return sum(

@@ -19,11 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.db import DerivedInstance, utcnow
+from dicom_node.errors import ModelError
 from dicom_node.inference import get_enhancer
 from dicom_node.jobs import ClaimedJob, Output
 from dicom_node.logs import log_event
 from dicom_node.outcome import ProcessResult
 from dicom_node.pipeline import enhance_instance
+from dicom_node.recall_report import describe_recall, find_recall
 from dicom_node.routing import enhance_sends, enhance_strength
 from dicom_node.runtime import Runtime
 from dicom_node.spool import spool_path, write_atomic
@@ -38,13 +40,18 @@ def enhance_job(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
     Raises
     ------
     PermanentError
-        For undecodable or unsupported images and model problems.
+        For undecodable or unsupported images and model problems (a
+        :class:`~dicom_node.errors.ModelError` when the model was recalled).
     StorageError
         If the derived file cannot be written (retried).
     """
     config = runtime.config
     queue_wait = max(0.0, (job.claimed_at - job.created_at).total_seconds() * 1000)
     enhancer = get_enhancer(config.model)
+    with runtime.session() as session:
+        recall = find_recall(session, enhancer.metadata.sha256)
+    if recall is not None:  # recalled while this node runs: it never starts with it
+        raise ModelError(f"The model {enhancer.metadata.short_hash} was {describe_recall(recall)}.")
     strength = enhance_strength(config, job.rule)
     result = enhance_instance(job.path, enhancer, config.output, strength=strength)
     source, derived = result.source, result.derived

@@ -64,7 +64,7 @@ class DispatchState(StrEnum):
 
 
 class Action(StrEnum):
-    """What a routing rule does with a received instance (the job's ``action``)."""
+    """What a job does: a routing rule's action on a received instance, or ``reject``."""
 
     FORWARD = "forward"
     """Send the received file unchanged."""
@@ -72,6 +72,8 @@ class Action(StrEnum):
     """Run the generator and send the derived instance."""
     IGNORE = "ignore"
     """Keep the instance for the retention period; no job is created."""
+    REJECT = "reject"
+    """Send an IOCM rejection note made by ``dicom-node model recall`` (never a rule's action)."""
 
 
 FINAL_JOB_STATES: frozenset[JobState] = frozenset(
@@ -80,7 +82,7 @@ FINAL_JOB_STATES: frozenset[JobState] = frozenset(
 """Job states nothing leaves on its own (housekeeping may purge such jobs)."""
 
 JOB_ACTIONS: frozenset[Action] = frozenset({Action.FORWARD, Action.ENHANCE})
-"""Actions that create a job (``ignore`` creates none)."""
+"""Rule actions that create a job (``ignore`` creates none; ``reject`` jobs come from a recall)."""
 
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.DEAD_LETTERED}),

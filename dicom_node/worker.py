@@ -49,7 +49,12 @@ def enhance(runtime: Runtime, job: ClaimedJob) -> ProcessResult:
     return enhance_job(runtime, job)
 
 
-PROCESSORS: dict[str, Processor] = {Action.FORWARD: forward, Action.ENHANCE: enhance}
+PROCESSORS: dict[str, Processor] = {
+    Action.FORWARD: forward,
+    Action.ENHANCE: enhance,
+    # A recall's rejection note (dicom_node.recall) is sent as it is, like a forwarded file.
+    Action.REJECT: forward,
+}
 
 
 def process_one(runtime: Runtime) -> bool:

@@ -167,3 +167,36 @@ def test_the_migrations_ship_with_the_package() -> None:
     assert versions and set(versions) <= shipped
     assert root / "migrations" / "script.py.mako" in shipped
     assert (root / "migrations" / "__init__.py").is_file()  # env.py ships with the package
+
+
+def test_recalls_downgrade_to_0002_and_upgrade_again(tmp_path: Path) -> None:
+    from alembic import command
+
+    storage = sqlite_storage(tmp_path)
+    storage.data_dir.mkdir(parents=True)
+    make_legacy_database(storage.effective_database_url, with_strength=True)
+    engine = make_engine(storage)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO recalls (id, model_sha256, reason, recalled_at, recalled_by, "
+                    "notes, missing) VALUES (1, :sha, 'r', '2026-01-02', 'u@h', '[]', '[]')"
+                ),
+                {"sha": "ab" * 32},
+            )
+            conn.execute(text("UPDATE jobs SET recall_id = 1"))
+        with engine.begin() as conn:  # jobs is referenced by derived_instances: rows stay
+            command.downgrade(migrations._alembic_config(conn), "0002")
+        assert migrations.current(engine).revision == "0002"
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM derived_instances")).scalar_one() == 1
+            assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
+    finally:
+        engine.dispose()
+    engine = make_engine(storage)
+    try:
+        assert migrations.current(engine).current
+        assert schema_differences(engine) == []
+    finally:
+        engine.dispose()

@@ -26,7 +26,7 @@ def test_the_values_are_the_strings_stored_in_the_database() -> None:
         "dead_lettered",
     ]
     assert [s.value for s in DispatchState] == ["pending", "sending", "sent", "dead"]
-    assert [a.value for a in Action] == ["forward", "enhance", "ignore"]
+    assert [a.value for a in Action] == ["forward", "enhance", "ignore", "reject"]
     assert JobState.DEAD_LETTERED == "dead_lettered" and str(JobState.QUEUED) == "queued"
     assert JobState("running") is JobState.RUNNING
     by_action: dict[str, int] = {Action.FORWARD: 1}
