@@ -134,6 +134,7 @@ class Connection:
         self.pending = True
         self.assoc: Any = None
         self.closed = False
+        self._closing = threading.Lock()
 
     @property
     def alive(self) -> bool:
@@ -142,9 +143,10 @@ class Connection:
 
     def drop(self, event: str, reason: str, *, abort: bool = False) -> None:
         """Close the connection (after an A-ABORT when `abort`), log why, free its threads."""
-        if self.closed:
-            return
-        self.closed = True
+        with self._closing:  # the listener and the reading thread may both get here
+            if self.closed:
+                return
+            self.closed = True
         log_event(
             logger,
             event,
@@ -211,6 +213,11 @@ class GuardedServer(ThreadedAssociationServer):
     limits : EdgeLimits
         The limits to enforce.
     """
+
+    request_queue_size = 128
+    """Listen backlog (pynetdicom keeps socketserver's 5): in a burst of connections the
+    node accepts them all and drops pending ones itself, rather than leave callers
+    retrying their SYN for seconds."""
 
     def __init__(self, *args: Any, limits: EdgeLimits, **kwargs: Any) -> None:
         self.limits = limits
