@@ -70,16 +70,33 @@ def settings(cls: type[_T]) -> type[_T]:
 
 @settings
 class NodeSettings:
-    """The listening application entity."""
+    """The listening application entity and the limits of its network edge.
+
+    `max_associations` counts negotiated associations. A connection that has
+    not yet sent its whole A-ASSOCIATE-RQ is *pending*: it counts against
+    `max_pending_connections` and, per remote address,
+    `max_connections_per_host`, and the oldest pending connection is dropped
+    when either is reached; its A-ASSOCIATE-RQ must be complete within
+    `acse_timeout`. `network_timeout` is the longest silence on an accepted
+    connection (in the middle of a PDU, or between messages of an
+    association). `max_pdu_size` is the Maximum Length Received the node
+    announces and enforces: a longer PDU is answered with an A-ABORT. Its
+    default, 1 MiB, moves a 30 MB chest image in about 30 PDUs (per-PDU cost
+    negligible) while a peer cannot make the node buffer more than 1 MiB
+    beyond what it has actually received (see :mod:`dicom_node.connection_limits`).
+    """
 
     ae_title: AETitle = "CXR_ENHANCE"
     host: Host = "0.0.0.0"
     port: Port = 11112
     allowed_calling_aets: AETitles = ()
     max_associations: Int = Field(default=10, ge=1, le=1000)
+    max_pending_connections: Int = Field(default=16, ge=1, le=1000)
+    max_connections_per_host: Int = Field(default=8, ge=1, le=1000)
+    max_pdu_size: Int = Field(default=1024 * 1024, ge=16384, le=64 * 1024 * 1024)
     acse_timeout: Float = Field(default=30.0, ge=0.1)
     dimse_timeout: Float = Field(default=60.0, ge=0.1)
-    network_timeout: Float = Field(default=60.0, ge=0.1)
+    network_timeout: Float = Field(default=30.0, ge=0.1)
 
 
 @settings

@@ -230,7 +230,11 @@ def render() -> str:
                     f"`[node] max_associations` (default {node.max_associations})",
                 ),
                 ("Asynchronous operations", "not supported (one operation at a time)"),
-                ("Maximum PDU size received", "unlimited (0)"),
+                (
+                    "Maximum PDU size received",
+                    f"`[node] max_pdu_size` (default {node.max_pdu_size} bytes); "
+                    "a longer PDU is answered with A-ABORT",
+                ),
                 (
                     "ACSE / DIMSE / network timeouts (s)",
                     f"{node.acse_timeout:g} / "

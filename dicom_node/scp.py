@@ -2,9 +2,10 @@
 
 Handlers are thin: the C-STORE handler parses the received bytes just enough
 to check and route them, hands them to :func:`~dicom_node.ingest.ingest`
-and maps every failure class to its own DIMSE status. Association policy
-(allowed calling AE titles, called AE title, maximum associations) is
-pynetdicom's, which answers with the proper A-ASSOCIATE-RJ reasons.
+and maps every failure class to its own DIMSE status. The calling and called
+AE title checks are pynetdicom's, which answers with the proper
+A-ASSOCIATE-RJ reasons; timeouts, connection limits, ``max_associations`` and
+the PDU size cap are the node's own (:mod:`dicom_node.connection_limits`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_node.connection_limits import EdgeLimits, GuardedServer
 from dicom_node.dataset_info import NonConformantError, UndecodableError, inspect_encoded
 from dicom_node.errors import StorageError
 from dicom_node.ingest import ingest
@@ -46,6 +48,18 @@ logger = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 10.0
 """How long :meth:`StorageSCP.stop` lets open associations finish before aborting them."""
+
+UNLIMITED_BY_PYNETDICOM = 1_000_000
+"""``AE.maximum_associations``: pynetdicom counts every connection thread, pending ones
+too; :class:`~dicom_node.connection_limits.GuardedServer` counts associations instead."""
+
+REJECTION_REASONS: dict[tuple[int, int], str] = {
+    (0x01, 0x03): "calling AE title not in allowed_calling_aets",
+    (0x01, 0x07): "called AE title is not this node's",
+    (0x02, 0x01): "user identity not accepted",
+    (0x03, 0x02): "association limit reached (max_associations {max_associations})",
+}
+"""Why an association was rejected, by (result source, diagnostic) of the A-ASSOCIATE-RJ."""
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -108,11 +122,11 @@ class StorageSCP:
         ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.require_called_aet = True
         ae.require_calling_aet = list(settings.allowed_calling_aets)
-        ae.maximum_associations = settings.max_associations
+        ae.maximum_associations = UNLIMITED_BY_PYNETDICOM
         ae.acse_timeout = settings.acse_timeout
         ae.dimse_timeout = settings.dimse_timeout
         ae.network_timeout = settings.network_timeout
-        ae.maximum_pdu_size = 0
+        ae.maximum_pdu_size = settings.max_pdu_size
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
                 ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
@@ -150,9 +164,18 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = self.ae.start_server(
-            (settings.host, listen_port), block=False, evt_handlers=handlers
+        # ae.start_server() does not take a server class: this is its
+        # non-blocking branch with GuardedServer (ae._servers lets
+        # AssociationServer.shutdown() find it).
+        server = self.ae.make_server(
+            (settings.host, listen_port),
+            evt_handlers=handlers,
+            server_class=GuardedServer,
+            limits=EdgeLimits.from_settings(settings),
         )
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="scp-listener", daemon=True).start()
+        self._server = server
         log_event(
             logger,
             "scp.listening",
@@ -161,6 +184,9 @@ class StorageSCP:
             port=self.port,
             allowed_calling_aets=",".join(settings.allowed_calling_aets) or "*",
             max_associations=settings.max_associations,
+            max_pending_connections=settings.max_pending_connections,
+            max_connections_per_host=settings.max_connections_per_host,
+            max_pdu_size=settings.max_pdu_size,
         )
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -201,14 +227,21 @@ class StorageSCP:
 
     def _on_rejected(self, event: Any) -> None:
         assoc = event.assoc
-        log_event(
+        answer = assoc.acceptor.primitive
+        source, diagnostic = (
+            (int(answer.result_source), int(answer.diagnostic)) if answer is not None else (0, 0)
+        )
+        reason = REJECTION_REASONS.get(
+            (source, diagnostic), f"result source {source}, diagnostic {diagnostic}"
+        ).format(max_associations=self.runtime.config.node.max_associations)
+        request = assoc.requestor.primitive  # the A-ASSOCIATE-RQ, rejected before or after
+        log_event(  # pynetdicom copied its calling AE title to assoc.requestor
             logger,
             "association.rejected",
             level=logging.WARNING,
-            calling_aet=assoc.requestor.ae_title,
-            called_aet=assoc.requestor.primitive.called_ae_title
-            if assoc.requestor.primitive is not None
-            else None,
+            reason=reason,
+            calling_aet=request.calling_ae_title if request is not None else None,
+            called_aet=request.called_ae_title if request is not None else None,
             peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
         )
 

@@ -4,7 +4,7 @@ Covers: echo, reception persisted before success and visible in ``jobs list``,
 bytes stored as received for every accepted transfer syntax (a dcmcjpeg
 JPEG-Lossless copy of the real image included), association policy (calling
 and called AE titles, max_associations) with the proper A-ASSOCIATE-RJ
-reasons, idempotent re-sends, refused non-conformant datasets, and the
+reasons and a logged reason, idempotent re-sends, refused non-conformant datasets, and the
 structured, patient-free log lines.
 """
 
@@ -38,6 +38,7 @@ from helpers.peers import (
     echoscu,
     require_executable,
     storescu,
+    wait_until,
 )
 from helpers.scu import associate, rejection_of, store
 from pydicom.dataset import Dataset
@@ -222,6 +223,10 @@ def test_disallowed_calling_aet_is_rejected(node: NodeFactory, rg1_path: Path) -
         REASON_CALLING_AET_NOT_RECOGNISED,
     )
     n.wait_for_log("association.rejected")
+    rejected = n.log_events("association.rejected")
+    assert [r["reason"] for r in rejected] == ["calling AE title not in allowed_calling_aets"] * 3
+    assert {r["calling_aet"] for r in rejected} == {"INTRUDER"}
+    assert all(r["peer"].startswith("127.0.0.1:") for r in rejected)
 
     allowed = storescu(n.port, [rg1_path], calling="MODALITY")
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
@@ -239,6 +244,11 @@ def test_wrong_called_aet_is_rejected(node: NodeFactory) -> None:
         SOURCE_SERVICE_USER,
         REASON_CALLED_AET_NOT_RECOGNISED,
     )
+    wait_until(lambda: len(n.log_events("association.rejected")) == 2, 10, "two rejection lines")
+    for line in n.log_events("association.rejected"):
+        assert line["reason"] == "called AE title is not this node's"
+        assert line["called_aet"] == "SOMEONE_ELSE"
+        assert line["peer"].startswith("127.0.0.1:")
 
 
 def test_max_associations_is_honoured(node: NodeFactory) -> None:
@@ -259,6 +269,8 @@ def test_max_associations_is_honoured(node: NodeFactory) -> None:
     again = associate(n.port)
     assert again.is_established
     again.release()
+    reasons = {r["reason"] for r in n.log_events("association.rejected")}
+    assert reasons == {"association limit reached (max_associations 2)"}
 
 
 # --------------------------------------------------------------------------- what is refused
