@@ -10,11 +10,8 @@ the codestream says, so the codestream must not say more than the header.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.pixels.utils import _get_jpg_parameters
 from pydicom.uid import UID
 
 from dicom_node.errors import PermanentError
@@ -26,6 +23,11 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 
 _J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
 _JP2_SIGNATURE = b"\x00\x00\x00\x0c\x6a\x50\x20\x20"
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_SOF = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
+"""Start-of-frame markers: JPEG SOF0 to SOF15 (not DHT, JPG, DAC) and JPEG-LS SOF55."""
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+"""Markers without a length (TEM, RST0 to RST7)."""
 
 
 class DecodedSizeError(PermanentError):
@@ -56,6 +58,32 @@ def _j2k_size(stream: bytes) -> tuple[int, int, int] | None:
     return rows, columns, field(40, 2)
 
 
+def _jpeg_size(stream: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) from a JPEG or JPEG-LS stream's start-of-frame segment."""
+    if not stream.startswith(_JPEG_SOI):
+        return None
+    offset = 2
+    while offset + 4 <= len(stream):
+        if stream[offset] != 0xFF:
+            return None
+        marker = stream[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            offset += 2
+            continue
+        if marker in _JPEG_SOF:
+            # Lf (2), P (1), Y (2), X (2), Nf (1): ISO/IEC 10918-1 B.2.2.
+            if offset + 10 > len(stream):
+                return None
+            rows = int.from_bytes(stream[offset + 5 : offset + 7], "big")
+            columns = int.from_bytes(stream[offset + 7 : offset + 9], "big")
+            return rows, columns, stream[offset + 9]
+        offset += 2 + int.from_bytes(stream[offset + 2 : offset + 4], "big")
+    return None
+
+
 def codestream_size(stream: bytes) -> tuple[int, int, int] | None:
     """(rows, columns, components) that a JPEG, JPEG-LS or JPEG 2000 codestream declares.
 
@@ -63,15 +91,7 @@ def codestream_size(stream: bytes) -> tuple[int, int, int] | None:
     decoders allocate from the dataset's header, not from the stream).
     """
     size = _j2k_size(stream)
-    if size is not None:
-        return size
-    try:
-        info: dict[str, Any] = _get_jpg_parameters(stream)
-    except Exception:  # noqa: BLE001 - a malformed stream is the decoder's to refuse
-        return None
-    if not {"height", "width", "components"} <= info.keys():
-        return None
-    return int(info["height"]), int(info["width"]), int(info["components"])
+    return size if size is not None else _jpeg_size(stream)
 
 
 def check_decoded_size(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pydicom
 import pytest
 from dicom_factory import xray
+from harness import InProcessNode, SinkSCP
+from onnx_models import make_smoothing_model
 from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from test_derive import dciodvfy_errors, derive
@@ -54,6 +56,8 @@ EQUIVALENT = {
     "GBK": "GB18030",
 }
 """Single values that are written as their equivalent (see :mod:`dicom_node.character_set`)."""
+EXAMPLES = ((["", "ISO 2022 IR 87"], JAPANESE), (["", "ISO 2022 IR 149"], KOREAN))
+"""The standard's Japanese and Korean examples (PS3.5 Annex H and I)."""
 
 CASES: list[tuple[list[str], str]] = [
     (["", "ISO 2022 IR 87"], JAPANESE),
@@ -117,3 +121,28 @@ def test_a_source_without_a_character_set_gives_none() -> None:
     del source.SpecificCharacterSet
     assert derived_character_set(source) is None
     assert "SpecificCharacterSet" not in derive(source)
+
+
+def test_japanese_and_korean_sources_are_enhanced_through_the_node(tmp_path: Path) -> None:
+    sink = SinkSCP().start()
+    node = InProcessNode(
+        tmp_path / "node",
+        rules=[{"name": "all", "action": "enhance", "modality": ["CR"]}],
+        destinations=[sink.destination()],
+        model=make_smoothing_model(tmp_path / "smoother.onnx"),
+    )
+    try:
+        for character_set, name in EXAMPLES:
+            assert node.store(_received(character_set, name)) == 0x0000
+        node.pump()
+        assert len(sink.received) == 2
+        for index, (character_set, name) in enumerate(EXAMPLES):
+            path = tmp_path / f"derived{index}.dcm"
+            sink.received[index].save_as(path, enforce_file_format=True)
+            derived = pydicom.dcmread(path)
+            assert list(derived.SpecificCharacterSet) == character_set
+            assert str(derived.PatientName) == name
+            assert dciodvfy_errors(path) == []
+    finally:
+        node.close()
+        sink.stop()
