@@ -184,6 +184,9 @@ class ModelSettings:
     tile_size: Int = Field(default=1024, ge=256, le=8192)
     tile_overlap: Int = Field(default=128, ge=0, le=2048)
     max_whole_pixels: Int = Field(default=2304 * 2304, ge=256 * 256)
+    max_pixels: Int = Field(default=4096 * 4096, ge=64 * 64)
+    """The most pixels (Rows × Columns × frames) an image may declare; a larger one is
+    refused from its header, before decoding (:mod:`dicom_node.pixel_bounds`)."""
     warmup: Bool = True
     path_source: Literal["config", "installed", "command line"] = "config"
     strength: Strength = DEFAULT_STRENGTH

@@ -4,6 +4,14 @@ The C-STORE handler must decide quickly whether it accepts what it received.
 :func:`inspect_encoded` parses the bytes exactly as they will be stored (no
 pixel decoding), checks the structure, and returns the few attributes that
 persistence and routing need.
+
+Truncated bytes (a value shorter than its declared length, an undefined-length
+element cut before its delimiter, bytes the parser never reached) are
+undecodable (0xC210). An image (a dataset with Pixel Data) is refused as
+non-conformant (0xA900) when it has fewer than :data:`MIN_IMAGE_SIZE` rows or
+columns, or when native Pixel Data is longer or shorter than its attributes
+need (one padding byte after an odd length allowed). Objects without Pixel
+Data (SR, KOS…) are not checked for size.
 """
 
 from __future__ import annotations
@@ -14,16 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from dicom_node.provenance import produced_by_node
 
 __all__ = [
+    "MIN_IMAGE_SIZE",
     "InstanceInfo",
     "NonConformantError",
     "UndecodableError",
+    "check_image_header",
     "info_from_dataset",
     "inspect_encoded",
     "inspect_file",
@@ -31,6 +42,11 @@ __all__ = [
     "produced_by_node",
 ]
 
+MIN_IMAGE_SIZE = 64
+"""Fewest rows and columns of an image the node accepts (smaller ones are refused)."""
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_DELIMITER_LENGTH = 8
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
@@ -81,16 +97,85 @@ def _required_uid(ds: Dataset, keyword: str) -> str:
     return value
 
 
-def _expected_native_length(ds: Dataset) -> int | None:
+def _image_attribute(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    value = ds.get(keyword, default)
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        spp = int(ds.get("SamplesPerPixel", 1))
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    total_bits = rows * cols * bits * spp * frames
-    return (total_bits + 7) // 8
+        number = int(value)
+    except (TypeError, ValueError):
+        raise NonConformantError(f"The image's {keyword} {value!r} is not a number.") from None
+    if number < 1:
+        raise NonConformantError(f"The image's {keyword} {number} is not positive.")
+    return number
+
+
+def check_image_header(ds: Dataset, transfer_syntax_uid: str) -> None:
+    """Check an image's size and, for native Pixel Data, its length, from the header.
+
+    Datasets without Pixel Data (SR, KOS and other non-image objects) pass.
+
+    Raises
+    ------
+    NonConformantError
+        If the image has fewer than :data:`MIN_IMAGE_SIZE` rows or columns,
+        lacks a valid Rows, Columns or Bits Allocated, or its native Pixel
+        Data is longer or shorter than Rows × Columns × Samples per Pixel ×
+        Bits Allocated / 8 × Number of Frames (plus one padding byte after an
+        odd length).
+    """
+    pixel_data = ds.get((0x7FE0, 0x0010))
+    if pixel_data is None:
+        return
+    rows = _image_attribute(ds, "Rows")
+    cols = _image_attribute(ds, "Columns")
+    if rows < MIN_IMAGE_SIZE or cols < MIN_IMAGE_SIZE:
+        raise NonConformantError(
+            f"The image is {rows} × {cols} pixels; the node accepts images of at least "
+            f"{MIN_IMAGE_SIZE} × {MIN_IMAGE_SIZE}."
+        )
+    if UID(transfer_syntax_uid).is_encapsulated:
+        return
+    bits = _image_attribute(ds, "BitsAllocated")
+    samples = _image_attribute(ds, "SamplesPerPixel", 1)
+    frames = _image_attribute(ds, "NumberOfFrames", 1) if ds.get("NumberOfFrames") else 1
+    expected = (rows * cols * samples * bits * frames + 7) // 8
+    actual = len(pixel_data.value or b"")
+    allowed = (expected, expected + 1) if expected % 2 else (expected,)
+    if actual not in allowed:
+        raise NonConformantError(
+            f"Pixel Data holds {actual} bytes but the image attributes need {expected}."
+        )
+
+
+def _check_complete(ds: Dataset, data_length: int, deflated: bool) -> None:
+    """Raise :class:`UndecodableError` if the parsed dataset shows the bytes were truncated.
+
+    pydicom keeps a value cut short by the end of the bytes, and drops an
+    undefined-length element whose delimiter never came, without an error:
+    both are found here, before the elements are converted.
+    """
+    last_end = 0
+    last_is_sequence = False
+    for part in (ds.file_meta, ds):
+        for tag in part.keys():  # noqa: SIM118 - iterating a Dataset converts its elements
+            raw = part.get_item(tag)
+            if not isinstance(raw, RawDataElement) or raw.value_tell is None:
+                continue
+            value = raw.value if isinstance(raw.value, bytes) else b""
+            if raw.length == _UNDEFINED_LENGTH:
+                end = raw.value_tell + len(value) + _DELIMITER_LENGTH
+            else:
+                if isinstance(raw.value, bytes) and len(value) < raw.length:
+                    raise UndecodableError(
+                        f"The dataset is truncated: element {tag} declares {raw.length} "
+                        f"bytes but only {len(value)} were received."
+                    )
+                end = raw.value_tell + raw.length
+            last_end, last_is_sequence = end, raw.VR == "SQ"
+    if not deflated and not last_is_sequence and last_end < data_length:
+        raise UndecodableError(
+            f"The dataset is truncated or corrupt: {data_length - last_end} bytes after "
+            "the last element could not be parsed."
+        )
 
 
 def info_from_dataset(ds: Dataset, transfer_syntax_uid: str) -> InstanceInfo:
@@ -99,8 +184,9 @@ def info_from_dataset(ds: Dataset, transfer_syntax_uid: str) -> InstanceInfo:
     Raises
     ------
     NonConformantError
-        If a required UID is missing or invalid, or uncompressed pixel data
-        is shorter than Rows × Columns × BitsAllocated says.
+        If a required UID is missing or invalid, or the image fails
+        :func:`check_image_header` (too small, native Pixel Data of the
+        wrong length).
     """
     try:
         info = InstanceInfo(
@@ -121,14 +207,7 @@ def info_from_dataset(ds: Dataset, transfer_syntax_uid: str) -> InstanceInfo:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt element values
         raise UndecodableError(f"The dataset cannot be decoded: {exc}.") from exc
-    pixel_data = ds.get((0x7FE0, 0x0010))
-    if pixel_data is not None and not UID(transfer_syntax_uid).is_compressed:
-        expected = _expected_native_length(ds)
-        actual = len(pixel_data.value or b"")
-        if expected is not None and actual < expected:
-            raise NonConformantError(
-                f"Pixel Data holds {actual} bytes but the image attributes need {expected}."
-            )
+    check_image_header(ds, transfer_syntax_uid)
     return info
 
 
@@ -150,14 +229,18 @@ def inspect_encoded(data: bytes) -> tuple[InstanceInfo, Dataset]:
     UndecodableError
         If the bytes are not a DICOM dataset or are truncated.
     NonConformantError
-        If identifying attributes are missing or invalid.
+        If identifying attributes are missing or invalid, or an image is
+        too small or its native Pixel Data has the wrong length.
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        _check_complete(ds, len(data), deflated=ts == DeflatedExplicitVRLittleEndian)
         # Touch every top-level element so truncation surfaces now, not later.
         for _elem in ds:
             pass
-        ts = str(ds.file_meta.TransferSyntaxUID)
+    except UndecodableError:
+        raise
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
         raise UndecodableError(f"The dataset cannot be decoded: {exc}.") from exc
     except Exception as exc:

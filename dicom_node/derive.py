@@ -23,6 +23,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DS
 
+from dicom_node.character_set import derived_character_set
 from dicom_node.config import OutputSettings
 from dicom_node.errors import PermanentError
 from dicom_node.label import Label, LabelMode, burn_in, label_lines, overlay_attributes, place
@@ -333,7 +334,12 @@ def build_derived(
             patient_orientation=("L", "F"),
             transfer_syntax_uid=ExplicitVRLittleEndian,
             contributing_equipment=[provenance.contributing_equipment()],
+            # Set below: highdicom refuses an empty first value (``\ISO 2022 IR 87``).
+            specific_character_set=None,
         )
+    character_set = derived_character_set(source)
+    if character_set is not None:
+        _set(derived, "SpecificCharacterSet", character_set)
 
     # Type 2: the source's value, or present and empty rather than invented.
     _set(derived, "PatientOrientation", list(orientation) if orientation else None)

@@ -169,7 +169,7 @@ def enhance_instance(
     if not isinstance(source, Dataset):
         source = read_instance(source)
         timings = timings.with_stage("read", clock.lap())
-    stored = decode_pixels(source)
+    stored = decode_pixels(source, enhancer.settings.max_pixels)
     timings = timings.with_stage("decode", clock.lap())
     image = normalize_pixels(source, stored)
     timings = timings.with_stage("normalise", clock.lap())

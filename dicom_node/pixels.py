@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from dicom_node.errors import PermanentError
+from dicom_node.pixel_bounds import DEFAULT_MAX_PIXELS, check_decoded_size
 
 CONVENTION = "cxr-mono2-unit-float32-v1"
 """Model input/output convention: (N, 1, H, W) float32, MONOCHROME2, [0, 1]."""
@@ -120,8 +121,20 @@ def check_grayscale(ds: Dataset) -> None:
         raise PixelDataError(f"Bits Stored {bits} is not supported; expected 1 to 16.")
 
 
-def decode_pixels(ds: Dataset) -> np.ndarray:
+def decode_pixels(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode the stored values of a single-frame grayscale DICOM image.
+
+    The size is checked from the header before the decoder runs
+    (:func:`dicom_node.pixel_bounds.check_decoded_size`): an image larger
+    than `max_pixels`, or whose codestream declares more than its header, is
+    never decoded.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The image.
+    max_pixels : int, optional
+        The most pixels decoded (``[model] max_pixels``).
 
     Returns
     -------
@@ -130,10 +143,14 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
 
     Raises
     ------
+    DecodedSizeError
+        If the image declares more than `max_pixels` pixels, or its
+        codestream more than its header (a :class:`PermanentError`).
     PixelDataError
         If the image is not grayscale, has several frames, or its pixel data
         cannot be decoded.
     """
+    check_decoded_size(ds, max_pixels)
     check_grayscale(ds)
     try:
         stored = ds.pixel_array

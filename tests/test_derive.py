@@ -33,7 +33,13 @@ MODEL = ModelMetadata(
 def dciodvfy_errors(path: Path) -> list[str]:
     """Lines of dciodvfy's output that report an error (it exits 0 either way)."""
     result = subprocess.run(
-        ["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, timeout=60
+        ["/usr/bin/dciodvfy", str(path)],
+        capture_output=True,
+        text=True,
+        # It echoes values in the object's own character set, not always UTF-8.
+        encoding="utf-8",
+        errors="replace",
+        timeout=60,
     )
     lines = (result.stdout + result.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]

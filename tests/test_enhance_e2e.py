@@ -192,7 +192,7 @@ def test_other_objects_are_accepted_and_not_enhanced(
     node = enhancing_node()
     files = [
         save(ct(), tmp_path / "ct.dcm"),
-        save(rgb_secondary_capture(), tmp_path / "rgb_sc.dcm"),
+        save(rgb_secondary_capture(64, 64), tmp_path / "rgb_sc.dcm"),
         save(basic_text_sr(), tmp_path / "sr.dcm"),
         save(xray(body_part="HAND"), tmp_path / "hand.dcm"),
     ]

@@ -37,7 +37,7 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
 
 def _receive(runtime: Runtime, **attrs: object) -> int:
     buffer = io.BytesIO()
-    xray(rows=16, cols=16, **attrs).save_as(buffer, enforce_file_format=True)
+    xray(rows=64, cols=64, **attrs).save_as(buffer, enforce_file_format=True)
     data = buffer.getvalue()
     info, _ = inspect_encoded(data)
     result = ingest(runtime, data, info, "MODALITY")
